@@ -1,0 +1,74 @@
+/*
+ * chat.c — the core's entry points: open/close, and the dispatch of one
+ * inbound publish to the room that handles it.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "chat.h"
+
+int chat__open(struct chat **out, struct chat_config *cfg, char *err, size_t errlen)
+{
+	struct chat *chat;
+
+	*out = NULL;
+	if(cfg->max_body > cfg->max_payload){
+		snprintf(err, errlen, "plugin_opt_max_body (%u) is larger than plugin_opt_max_payload (%u)",
+				cfg->max_body, cfg->max_payload);
+		return -1;
+	}
+	if(!cfg->db_path){
+		snprintf(err, errlen, "plugin_opt_db_path is required (a directory for the LMDB files)");
+		return -1;
+	}
+	chat = calloc(1, sizeof(*chat));
+	if(!chat){
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	chat->cfg = *cfg;          /* the chat owns the config's memory from now on */
+	memset(cfg, 0, sizeof(*cfg));
+	chat->now_ms = json__now_ms;
+	if(store__open(&chat->store, chat->cfg.db_path, chat->cfg.map_size, chat->cfg.fsync == CHAT_FSYNC_ALWAYS,
+				err, errlen) != STORE_OK){
+		chat__close(chat);
+		return -1;
+	}
+	*out = chat;
+	return 0;
+}
+
+void chat__close(struct chat *chat)
+{
+	if(!chat) return;
+	store__close(chat->store);
+	config__free(&chat->cfg);
+	free(chat);
+}
+
+enum chat_verdict chat__handle_publish(struct chat *chat, const struct chat_client *cl, const char *topic,
+		const void *payload, size_t len, struct chat_outbox *out)
+{
+	struct topic_ref ref;
+	struct chat_error e;
+
+	topic__parse(&chat->cfg, topic, &ref, NULL);
+	if(ref.kind == TOPIC_OUTSIDE || ref.kind == TOPIC_PRESENCE) return CHAT_PASS;
+	if(!cl->username || !json__valid_id(cl->username, strlen(cl->username))) return CHAT_REFUSED;
+
+	switch(ref.kind){
+		case TOPIC_SEND:
+			return message__send(chat, cl, &ref, payload, len, out);
+		case TOPIC_REQ:
+			return request__handle(chat, cl, payload, len, out);
+		case TOPIC_TYPING:
+		case TOPIC_RECEIPT:
+			chat__fail(&e, CHAT_E_NOT_SUPPORTED, "typing and receipts are not served yet");
+			return message__refuse(chat, cl, &ref, NULL, &e, out);
+		default:
+			/* the write ACL already refuses these; never let one through */
+			chat__fail(&e, CHAT_E_NOT_SUPPORTED, "nothing is served on this topic");
+			return message__refuse(chat, cl, &ref, NULL, &e, out);
+	}
+}

@@ -1,0 +1,252 @@
+/*
+ * mosquitto-chat: the private header of the protocol core.
+ *
+ * One section per file. Nothing here includes a mosquitto header or lmdb.h:
+ * the core takes plain structs and returns plain results, so unit tests and
+ * fuzzers drive it without a broker. plugin.c is the only broker adapter and
+ * store.c the only file that knows LMDB (behind store.h).
+ */
+#ifndef CHAT_H
+#define CHAT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cjson/cJSON.h>
+
+#include "store.h"
+
+#define CHAT_ID_MAX 64          /* user, conv and cmid ids: 1..64 chars */
+#define CHAT_NAME_MAX 128       /* group name, in bytes of UTF-8 */
+#define CHAT_REQ_ID_MAX 64
+
+/* ======================================================================
+ * config.c — plugin_opt_* options
+ * ====================================================================== */
+
+enum chat_fsync {
+	CHAT_FSYNC_OFF = 0,     /* commit without fsync: survives a killed broker */
+	CHAT_FSYNC_ALWAYS = 1,  /* fsync before the ack: survives power loss */
+};
+
+struct chat_config {
+	char *db_path;
+	size_t map_size;
+	enum chat_fsync fsync;
+	unsigned sync_interval_ms;  /* fsync=off: background flush period, 0 = never */
+	char prefix[CHAT_ID_MAX + 1];
+	size_t prefix_len;
+	unsigned max_members;
+	unsigned max_body;
+	unsigned max_payload;
+	unsigned history_limit;
+	char **observers;
+	size_t observer_count;
+};
+
+void config__defaults(struct chat_config *cfg);
+/* Applies one "plugin_opt_<key> <value>" (key without the plugin_opt_ part).
+ * Returns 0, or -1 with a human sentence in err. */
+int config__set(struct chat_config *cfg, const char *key, const char *value, char *err, size_t errlen);
+void config__free(struct chat_config *cfg);
+bool config__is_observer(const struct chat_config *cfg, const char *user);
+
+/* ======================================================================
+ * json.c — ids, UTF-8, errors and cJSON helpers
+ * ====================================================================== */
+
+enum chat_err {
+	CHAT_E_OK = 0,
+	CHAT_E_TOO_LARGE,
+	CHAT_E_INVALID_UTF8,
+	CHAT_E_INVALID_JSON,
+	CHAT_E_INVALID_ID,
+	CHAT_E_INVALID_FIELD,
+	CHAT_E_UNKNOWN_FIELD,
+	CHAT_E_UNKNOWN_OP,
+	CHAT_E_NOT_MEMBER,
+	CHAT_E_FORBIDDEN,
+	CHAT_E_TOO_MANY_MEMBERS,
+	CHAT_E_INVALID_RESPONSE_TOPIC,
+	CHAT_E_NOT_SUPPORTED,
+	CHAT_E_STORE,   /* never sent: the commit failed, the client gets no ack */
+	CHAT_E_NOMEM,   /* never sent: treated like CHAT_E_STORE */
+};
+
+struct chat_error {
+	enum chat_err code;
+	char message[200];
+};
+
+const char *chat_err__code(enum chat_err code);
+/* Fills e and returns code, so callers can `return chat__fail(e, ...)`. */
+enum chat_err chat__fail(struct chat_error *e, enum chat_err code, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+bool json__valid_id(const char *s, size_t len);
+bool json__valid_cmid(const char *s, size_t len);
+bool json__valid_utf8(const unsigned char *s, size_t len);
+/* Parses a client payload: size, UTF-8, JSON object. */
+enum chat_err json__parse_object(const void *payload, size_t len, size_t max, cJSON **out, struct chat_error *e);
+/* Refuses any member of obj whose name is not in allowed (NULL-terminated). */
+enum chat_err json__only_fields(const cJSON *obj, const char *const *allowed, struct chat_error *e);
+/* Reads an optional integer field in [min,max]; *present tells if it was given. */
+enum chat_err json__opt_int(const cJSON *obj, const char *name, int64_t min, int64_t max,
+		int64_t *out, bool *present, struct chat_error *e);
+/* Reads a required id field (user or conv syntax). */
+enum chat_err json__req_id(const cJSON *obj, const char *name, const char **out, struct chat_error *e);
+/* Prints obj unformatted; the result is malloc'ed (free with cJSON_free). */
+char *json__print(const cJSON *obj, size_t *len);
+uint64_t json__now_ms(void);
+
+/* ======================================================================
+ * topic.c — the topic router
+ * ====================================================================== */
+
+enum topic_kind {
+	TOPIC_OUTSIDE = 0,  /* not under the prefix */
+	TOPIC_SEND,         /* {p}/send/{conv} */
+	TOPIC_TYPING,       /* {p}/typing/{conv} */
+	TOPIC_RECEIPT,      /* {p}/receipt/{conv} */
+	TOPIC_REQ,          /* {p}/req */
+	TOPIC_CONV_OUT,     /* {p}/c/{conv}/{x} */
+	TOPIC_USER_OUT,     /* {p}/u/{user}/{x...} */
+	TOPIC_PRESENCE,     /* {p}/p/{user} */
+	TOPIC_WILDCARD,     /* a filter with a wildcard where an id or kind goes */
+	TOPIC_OTHER,        /* anything else under the prefix */
+};
+
+struct topic_ref {
+	enum topic_kind kind;
+	bool id_valid;                 /* id holds a valid user/conv id */
+	char id[CHAT_ID_MAX + 1];
+};
+
+/* Classifies a topic or subscription filter. A filter whose first level is a
+ * wildcard is TOPIC_OUTSIDE with *leading_wildcard set. */
+void topic__parse(const struct chat_config *cfg, const char *topic, struct topic_ref *ref, bool *leading_wildcard);
+/* Writes "{prefix}/{a}/{b}[/{c}]" into buf; returns buf or NULL if too long. */
+char *topic__build(char *buf, size_t size, const struct chat_config *cfg, const char *a, const char *b, const char *c);
+#define CHAT_TOPIC_MAX (CHAT_ID_MAX * 2 + 32)
+
+/* ======================================================================
+ * outbox.c — publishes the core asks the adapter to make
+ * ====================================================================== */
+
+enum outbox_target {
+	OUTBOX_ALL = 0,     /* to every subscriber (the broker checks read ACL) */
+	OUTBOX_SENDER = 1,  /* to the publishing device alone */
+};
+
+struct outbox_pub {
+	struct outbox_pub *next;
+	char *topic;
+	char *payload;      /* malloc'ed, owned by the outbox */
+	size_t len;
+	enum outbox_target target;
+	bool correlate;     /* attach the request's correlation data (MQTT 5) */
+};
+
+struct chat_outbox {
+	struct outbox_pub *head;
+	struct outbox_pub **tail;
+	size_t count;
+};
+
+void outbox__init(struct chat_outbox *ob);
+/* Takes ownership of payload (malloc'ed) in every case. Returns 0 or -1 (nomem). */
+int outbox__add(struct chat_outbox *ob, const char *topic, char *payload, size_t len, enum outbox_target target, bool correlate);
+/* Prints obj and queues it; obj stays the caller's. */
+int outbox__add_json(struct chat_outbox *ob, const char *topic, const cJSON *obj, enum outbox_target target, bool correlate);
+void outbox__clear(struct chat_outbox *ob);
+
+/* ======================================================================
+ * The core's state and entry points (acl.c, message.c, request.c)
+ * ====================================================================== */
+
+struct chat {
+	struct chat_config cfg;
+	struct store *store;
+	uint64_t (*now_ms)(void);   /* server clock, replaceable by tests */
+	uint64_t stored_msgs;       /* counters, for logs and later stats */
+	uint64_t refusals;
+};
+
+/* Who published: the authenticated username (may be NULL) of one device. */
+struct chat_client {
+	const char *username;
+	const char *client_id;
+	int protocol_version;            /* 3, 4 or 5 */
+	const char *response_topic;      /* MQTT 5 property, or NULL */
+	bool has_correlation;            /* MQTT 5 correlation data present */
+};
+
+enum chat_verdict {
+	CHAT_PASS = 0,      /* not ours: let the broker route it untouched */
+	CHAT_CONSUMED,      /* handled; the inbound copy goes nowhere */
+	CHAT_REFUSED,       /* refuse the publish (MQTT 5: PUBACK 0x87) */
+	CHAT_STORE_FAILED,  /* commit failed: no PUBACK, drop the connection */
+};
+
+enum chat_access {
+	CHAT_ACCESS_READ,
+	CHAT_ACCESS_WRITE,
+	CHAT_ACCESS_SUBSCRIBE,
+	CHAT_ACCESS_UNSUBSCRIBE,
+};
+
+enum chat_acl {
+	CHAT_ACL_ALLOW,
+	CHAT_ACL_DENY,
+	CHAT_ACL_DEFER,
+};
+
+int chat__open(struct chat **out, struct chat_config *cfg, char *err, size_t errlen);
+void chat__close(struct chat *chat);
+
+/* acl.c */
+enum chat_acl acl__check(struct chat *chat, const char *username, enum chat_access access, const char *topic);
+
+/* message.c, request.c: the message hook's work for one inbound publish. */
+enum chat_verdict chat__handle_publish(struct chat *chat, const struct chat_client *cl, const char *topic,
+		const void *payload, size_t len, struct chat_outbox *out);
+
+enum chat_verdict message__send(struct chat *chat, const struct chat_client *cl, const struct topic_ref *ref,
+		const void *payload, size_t len, struct chat_outbox *out);
+/* Queues a send_failed event for e to the sending device; returns CHAT_REFUSED. */
+enum chat_verdict message__refuse(struct chat *chat, const struct chat_client *cl, const struct topic_ref *ref,
+		const char *cmid, const struct chat_error *e, struct chat_outbox *out);
+/* Appends a system message to conv inside txn (seq = last_seq + 1) and queues
+ * its publish. fields is merged into the message (not consumed). */
+enum chat_err message__append_system(struct chat *chat, struct store_txn *txn, const char *conv,
+		const char *actor, const char *event, const cJSON *fields, struct chat_outbox *out, struct chat_error *e);
+enum chat_err message__history(struct chat *chat, struct store_txn *txn, const char *user, const cJSON *args,
+		cJSON *result, struct chat_error *e);
+/* The stored message of conv at seq as a raw cJSON item (NULL if none). */
+cJSON *message__load(struct store_txn *txn, const char *conv, uint64_t seq);
+
+enum chat_verdict request__handle(struct chat *chat, const struct chat_client *cl,
+		const void *payload, size_t len, struct chat_outbox *out);
+
+/* ======================================================================
+ * conv.c — conversations and members
+ * ====================================================================== */
+
+/* Every op: args is the request object, result receives the reply's fields.
+ * Writes happen in txn; events and system messages go to out. */
+typedef enum chat_err (*conv_op_fn)(struct chat *chat, struct store_txn *txn, const char *user,
+		const cJSON *args, cJSON *result, struct chat_outbox *out, struct chat_error *e);
+
+enum chat_err conv__create(struct chat *, struct store_txn *, const char *, const cJSON *, cJSON *, struct chat_outbox *, struct chat_error *);
+enum chat_err conv__list(struct chat *, struct store_txn *, const char *, const cJSON *, cJSON *, struct chat_outbox *, struct chat_error *);
+enum chat_err conv__get(struct chat *, struct store_txn *, const char *, const cJSON *, cJSON *, struct chat_outbox *, struct chat_error *);
+enum chat_err conv__update(struct chat *, struct store_txn *, const char *, const cJSON *, cJSON *, struct chat_outbox *, struct chat_error *);
+enum chat_err conv__members_add(struct chat *, struct store_txn *, const char *, const cJSON *, cJSON *, struct chat_outbox *, struct chat_error *);
+enum chat_err conv__members_remove(struct chat *, struct store_txn *, const char *, const cJSON *, cJSON *, struct chat_outbox *, struct chat_error *);
+
+/* Loads conv and checks user is a member; role receives 'a' or 'm'. */
+enum chat_err conv__require_member(struct store_txn *txn, const char *conv, const char *user,
+		struct store_conv *sc, char *role, struct chat_error *e);
+
+#endif

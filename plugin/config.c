@@ -1,0 +1,180 @@
+/*
+ * config.c — plugin_opt_* options: defaults, strict parsing, cleanup.
+ *
+ * A bad value is an error that stops the broker at start, never a silent
+ * default: every number is parsed with strtoull and checked for trailing
+ * garbage and range.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "chat.h"
+
+void config__defaults(struct chat_config *cfg)
+{
+	memset(cfg, 0, sizeof(*cfg));
+	cfg->map_size = (size_t)4 << 30;        /* 4 GiB of address space; the file grows as used */
+	cfg->fsync = CHAT_FSYNC_OFF;
+	cfg->sync_interval_ms = 1000;
+	strcpy(cfg->prefix, "chat");
+	cfg->prefix_len = 4;
+	cfg->max_members = 500;
+	cfg->max_body = 16 * 1024;
+	cfg->max_payload = 64 * 1024;
+	cfg->history_limit = 200;
+}
+
+void config__free(struct chat_config *cfg)
+{
+	free(cfg->db_path);
+	for(size_t i = 0; i < cfg->observer_count; i++){
+		free(cfg->observers[i]);
+	}
+	free(cfg->observers);
+	cfg->db_path = NULL;
+	cfg->observers = NULL;
+	cfg->observer_count = 0;
+}
+
+bool config__is_observer(const struct chat_config *cfg, const char *user)
+{
+	if(!user) return false;
+	for(size_t i = 0; i < cfg->observer_count; i++){
+		if(!strcmp(cfg->observers[i], user)) return true;
+	}
+	return false;
+}
+
+/* Parses an unsigned decimal with an optional K/M/G/T suffix (powers of 1024)
+ * when allow_suffix; rejects empty input, signs, garbage and overflow. */
+static int parse_size(const char *s, bool allow_suffix, unsigned long long lo, unsigned long long hi,
+		unsigned long long *out)
+{
+	char *end;
+	unsigned long long v, mul = 1;
+
+	if(!s || *s < '0' || *s > '9') return -1;
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if(errno) return -1;
+	if(*end && allow_suffix && end[1] == '\0'){
+		switch(*end){
+			case 'k': case 'K': mul = 1ULL << 10; break;
+			case 'm': case 'M': mul = 1ULL << 20; break;
+			case 'g': case 'G': mul = 1ULL << 30; break;
+			case 't': case 'T': mul = 1ULL << 40; break;
+			default: return -1;
+		}
+		end++;
+	}
+	if(*end) return -1;
+	if(v > hi / mul) return -1;
+	v *= mul;
+	if(v < lo || v > hi) return -1;
+	*out = v;
+	return 0;
+}
+
+static int set_uint(unsigned *field, const char *key, const char *value, unsigned long long lo,
+		unsigned long long hi, char *err, size_t errlen)
+{
+	unsigned long long v;
+	if(parse_size(value, false, lo, hi, &v)){
+		snprintf(err, errlen, "plugin_opt_%s: '%s' is not a whole number in %llu..%llu", key, value, lo, hi);
+		return -1;
+	}
+	*field = (unsigned)v;
+	return 0;
+}
+
+static int set_observers(struct chat_config *cfg, const char *value, char *err, size_t errlen)
+{
+	char *copy = strdup(value), *save = NULL, *tok;
+	int rc = 0;
+
+	if(!copy){
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	for(tok = strtok_r(copy, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save)){
+		char **grown;
+		if(!json__valid_id(tok, strlen(tok))){
+			snprintf(err, errlen, "plugin_opt_observers: '%s' is not a valid user name "
+					"(1-64 of A-Z a-z 0-9 _ . @ -)", tok);
+			rc = -1;
+			break;
+		}
+		grown = realloc(cfg->observers, (cfg->observer_count + 1) * sizeof(char *));
+		if(!grown || !(grown[cfg->observer_count] = strdup(tok))){
+			if(grown) cfg->observers = grown;
+			snprintf(err, errlen, "out of memory");
+			rc = -1;
+			break;
+		}
+		cfg->observers = grown;
+		cfg->observer_count++;
+	}
+	free(copy);
+	return rc;
+}
+
+int config__set(struct chat_config *cfg, const char *key, const char *value, char *err, size_t errlen)
+{
+	unsigned long long v;
+
+	if(!value) value = "";
+	if(!strcasecmp(key, "db_path")){
+		if(!*value){
+			snprintf(err, errlen, "plugin_opt_db_path: empty path");
+			return -1;
+		}
+		free(cfg->db_path);
+		cfg->db_path = strdup(value);
+		return cfg->db_path ? 0 : -1;
+	}else if(!strcasecmp(key, "map_size")){
+		if(parse_size(value, true, 1ULL << 20, (unsigned long long)SIZE_MAX, &v)){
+			snprintf(err, errlen, "plugin_opt_map_size: '%s' is not a size of at least 1M "
+					"(a number of bytes with an optional K, M, G or T suffix)", value);
+			return -1;
+		}
+		cfg->map_size = (size_t)v;
+		return 0;
+	}else if(!strcasecmp(key, "fsync")){
+		if(!strcasecmp(value, "off")){
+			cfg->fsync = CHAT_FSYNC_OFF;
+		}else if(!strcasecmp(value, "always")){
+			cfg->fsync = CHAT_FSYNC_ALWAYS;
+		}else{
+			snprintf(err, errlen, "plugin_opt_fsync: '%s' is neither 'off' (survives a killed broker) "
+					"nor 'always' (survives power loss)", value);
+			return -1;
+		}
+		return 0;
+	}else if(!strcasecmp(key, "sync_interval_ms")){
+		return set_uint(&cfg->sync_interval_ms, key, value, 0, 3600 * 1000, err, errlen);
+	}else if(!strcasecmp(key, "prefix")){
+		if(!json__valid_id(value, strlen(value))){
+			snprintf(err, errlen, "plugin_opt_prefix: '%s' must be 1-64 of A-Z a-z 0-9 _ . @ - "
+					"(one topic level, no '/' or wildcards)", value);
+			return -1;
+		}
+		strcpy(cfg->prefix, value);
+		cfg->prefix_len = strlen(value);
+		return 0;
+	}else if(!strcasecmp(key, "max_members")){
+		return set_uint(&cfg->max_members, key, value, 2, 100000, err, errlen);
+	}else if(!strcasecmp(key, "max_body")){
+		return set_uint(&cfg->max_body, key, value, 1, 16 * 1024 * 1024, err, errlen);
+	}else if(!strcasecmp(key, "max_payload")){
+		return set_uint(&cfg->max_payload, key, value, 256, 256 * 1024 * 1024, err, errlen);
+	}else if(!strcasecmp(key, "history_limit")){
+		return set_uint(&cfg->history_limit, key, value, 1, 10000, err, errlen);
+	}else if(!strcasecmp(key, "observers")){
+		return set_observers(cfg, value, err, errlen);
+	}
+	snprintf(err, errlen, "unknown option plugin_opt_%s", key);
+	return -1;
+}

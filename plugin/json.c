@@ -1,0 +1,236 @@
+/*
+ * json.c — what every parser of client input shares: id syntax, UTF-8
+ * validation, error codes, and small cJSON readers that turn a wrong type into
+ * a specific error instead of a crash.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "chat.h"
+
+static const char *const err_codes[] = {
+	[CHAT_E_OK] = "ok",
+	[CHAT_E_TOO_LARGE] = "too_large",
+	[CHAT_E_INVALID_UTF8] = "invalid_utf8",
+	[CHAT_E_INVALID_JSON] = "invalid_json",
+	[CHAT_E_INVALID_ID] = "invalid_id",
+	[CHAT_E_INVALID_FIELD] = "invalid_field",
+	[CHAT_E_UNKNOWN_FIELD] = "unknown_field",
+	[CHAT_E_UNKNOWN_OP] = "unknown_op",
+	[CHAT_E_NOT_MEMBER] = "not_member",
+	[CHAT_E_FORBIDDEN] = "forbidden",
+	[CHAT_E_TOO_MANY_MEMBERS] = "too_many_members",
+	[CHAT_E_INVALID_RESPONSE_TOPIC] = "invalid_response_topic",
+	[CHAT_E_NOT_SUPPORTED] = "not_supported",
+	[CHAT_E_STORE] = "store_error",
+	[CHAT_E_NOMEM] = "store_error",
+};
+
+const char *chat_err__code(enum chat_err code)
+{
+	if((size_t)code >= sizeof(err_codes) / sizeof(err_codes[0])) return "store_error";
+	return err_codes[code];
+}
+
+enum chat_err chat__fail(struct chat_error *e, enum chat_err code, const char *fmt, ...)
+{
+	va_list ap;
+	e->code = code;
+	va_start(ap, fmt);
+	vsnprintf(e->message, sizeof(e->message), fmt, ap);
+	va_end(ap);
+	return code;
+}
+
+uint64_t json__now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* ====================================================================== *
+ * Syntax
+ * ====================================================================== */
+
+static bool id_char(unsigned char c, bool colon)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')
+		|| c == '_' || c == '.' || c == '@' || c == '-' || (colon && c == ':');
+}
+
+static bool valid_chars(const char *s, size_t len, bool colon)
+{
+	if(!s || len == 0 || len > CHAT_ID_MAX) return false;
+	for(size_t i = 0; i < len; i++){
+		if(!id_char((unsigned char)s[i], colon)) return false;
+	}
+	return true;
+}
+
+bool json__valid_id(const char *s, size_t len)
+{
+	return valid_chars(s, len, false);
+}
+
+bool json__valid_cmid(const char *s, size_t len)
+{
+	return valid_chars(s, len, true);
+}
+
+/* Strict UTF-8 (RFC 3629): no overlongs, no surrogates, nothing past
+ * U+10FFFF. NUL bytes are refused too: no client text needs them and they
+ * would cut C strings short. */
+bool json__valid_utf8(const unsigned char *s, size_t len)
+{
+	size_t i = 0;
+	while(i < len){
+		unsigned char c = s[i];
+		size_t n;
+		uint32_t cp;
+		if(c == 0) return false;
+		if(c < 0x80){
+			i++;
+			continue;
+		}else if(c >= 0xC2 && c <= 0xDF){
+			n = 1; cp = c & 0x1F;
+		}else if(c >= 0xE0 && c <= 0xEF){
+			n = 2; cp = c & 0x0F;
+		}else if(c >= 0xF0 && c <= 0xF4){
+			n = 3; cp = c & 0x07;
+		}else{
+			return false;
+		}
+		if(len - i <= n) return false;
+		for(size_t k = 1; k <= n; k++){
+			if((s[i + k] & 0xC0) != 0x80) return false;
+			cp = (cp << 6) | (s[i + k] & 0x3F);
+		}
+		if((n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) || cp > 0x10FFFF
+				|| (cp >= 0xD800 && cp <= 0xDFFF)){
+			return false;
+		}
+		i += n + 1;
+	}
+	return true;
+}
+
+/* ====================================================================== *
+ * Parsing client payloads
+ * ====================================================================== */
+
+/* True if the JSON text holds the escape \u0000, which cJSON would decode into
+ * a NUL that silently cuts the string short. A backslash preceded by an odd
+ * run of backslashes is itself escaped, so only an even run counts. */
+static bool has_nul_escape(const char *s, size_t len)
+{
+	for(size_t i = 0; i + 6 <= len; i++){
+		if(s[i] == '\\' && !memcmp(s + i + 1, "u0000", 5)){
+			size_t run = 0;
+			while(run < i && s[i - 1 - run] == '\\') run++;
+			if(run % 2 == 0) return true;
+		}
+	}
+	return false;
+}
+
+enum chat_err json__parse_object(const void *payload, size_t len, size_t max, cJSON **out, struct chat_error *e)
+{
+	cJSON *root;
+
+	*out = NULL;
+	if(len > max){
+		return chat__fail(e, CHAT_E_TOO_LARGE, "payload is %zu bytes, the limit is %zu", len, max);
+	}
+	if(len == 0){
+		return chat__fail(e, CHAT_E_INVALID_JSON, "empty payload: a JSON object is required");
+	}
+	if(!json__valid_utf8(payload, len)){
+		return chat__fail(e, CHAT_E_INVALID_UTF8, "payload is not valid UTF-8");
+	}
+	if(has_nul_escape(payload, len)){
+		return chat__fail(e, CHAT_E_INVALID_UTF8, "payload contains an escaped NUL character (\\u0000)");
+	}
+	root = cJSON_ParseWithLength(payload, len);
+	if(!root){
+		return chat__fail(e, CHAT_E_INVALID_JSON, "payload is not valid JSON");
+	}
+	if(!cJSON_IsObject(root)){
+		cJSON_Delete(root);
+		return chat__fail(e, CHAT_E_INVALID_JSON, "payload must be a JSON object");
+	}
+	*out = root;
+	return CHAT_E_OK;
+}
+
+enum chat_err json__only_fields(const cJSON *obj, const char *const *allowed, struct chat_error *e)
+{
+	const cJSON *it;
+	cJSON_ArrayForEach(it, obj){
+		bool ok = false;
+		for(const char *const *a = allowed; *a; a++){
+			if(it->string && !strcmp(it->string, *a)){
+				ok = true;
+				break;
+			}
+		}
+		if(!ok){
+			return chat__fail(e, CHAT_E_UNKNOWN_FIELD, "unknown field '%.64s'", it->string ? it->string : "");
+		}
+	}
+	/* cJSON keeps duplicate keys; the first would win silently. Refuse them. */
+	for(it = obj->child; it; it = it->next){
+		for(const cJSON *o = it->next; o; o = o->next){
+			if(it->string && o->string && !strcmp(it->string, o->string)){
+				return chat__fail(e, CHAT_E_INVALID_FIELD, "field '%.64s' appears twice", it->string);
+			}
+		}
+	}
+	return CHAT_E_OK;
+}
+
+enum chat_err json__opt_int(const cJSON *obj, const char *name, int64_t min, int64_t max,
+		int64_t *out, bool *present, struct chat_error *e)
+{
+	const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, name);
+	double d;
+
+	*present = false;
+	if(!it || cJSON_IsNull(it)) return CHAT_E_OK;
+	if(!cJSON_IsNumber(it)){
+		return chat__fail(e, CHAT_E_INVALID_FIELD, "'%s' must be an integer", name);
+	}
+	d = it->valuedouble;
+	if(d != (double)(int64_t)d || d < (double)min || d > (double)max){
+		return chat__fail(e, CHAT_E_INVALID_FIELD, "'%s' must be an integer in %lld..%lld",
+				name, (long long)min, (long long)max);
+	}
+	*out = (int64_t)d;
+	*present = true;
+	return CHAT_E_OK;
+}
+
+enum chat_err json__req_id(const cJSON *obj, const char *name, const char **out, struct chat_error *e)
+{
+	const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, name);
+	if(!it){
+		return chat__fail(e, CHAT_E_INVALID_FIELD, "'%s' is required", name);
+	}
+	if(!cJSON_IsString(it)){
+		return chat__fail(e, CHAT_E_INVALID_FIELD, "'%s' must be a string", name);
+	}
+	if(!json__valid_id(it->valuestring, strlen(it->valuestring))){
+		return chat__fail(e, CHAT_E_INVALID_ID, "'%s' is not a valid id (1-64 of A-Z a-z 0-9 _ . @ -)", name);
+	}
+	*out = it->valuestring;
+	return CHAT_E_OK;
+}
+
+char *json__print(const cJSON *obj, size_t *len)
+{
+	char *s = cJSON_PrintUnformatted(obj);
+	if(s && len) *len = strlen(s);
+	return s;
+}

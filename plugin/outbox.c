@@ -1,0 +1,58 @@
+/*
+ * outbox.c — the publishes a handler asks for, in order. The core fills it;
+ * the adapter (plugin.c) turns each entry into mosquitto_broker_publish after
+ * the handler returns, and clears it. A handler whose commit fails clears it
+ * itself, so nothing is ever published for data that was not stored.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "chat.h"
+
+void outbox__init(struct chat_outbox *ob)
+{
+	ob->head = NULL;
+	ob->tail = &ob->head;
+	ob->count = 0;
+}
+
+int outbox__add(struct chat_outbox *ob, const char *topic, char *payload, size_t len,
+		enum outbox_target target, bool correlate)
+{
+	struct outbox_pub *p = calloc(1, sizeof(*p));
+	if(!p || !(p->topic = strdup(topic))){
+		free(p);
+		free(payload);
+		return -1;
+	}
+	p->payload = payload;
+	p->len = len;
+	p->target = target;
+	p->correlate = correlate;
+	*ob->tail = p;
+	ob->tail = &p->next;
+	ob->count++;
+	return 0;
+}
+
+int outbox__add_json(struct chat_outbox *ob, const char *topic, const cJSON *obj,
+		enum outbox_target target, bool correlate)
+{
+	size_t len;
+	char *s = json__print(obj, &len);
+	if(!s) return -1;
+	return outbox__add(ob, topic, s, len, target, correlate);
+}
+
+void outbox__clear(struct chat_outbox *ob)
+{
+	struct outbox_pub *p = ob->head, *next;
+	while(p){
+		next = p->next;
+		free(p->topic);
+		free(p->payload);
+		free(p);
+		p = next;
+	}
+	outbox__init(ob);
+}

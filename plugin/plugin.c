@@ -1,0 +1,248 @@
+/*
+ * plugin.c — the broker adapter: mosquitto 2.0 plugin API v5 entry points.
+ *
+ * The only file that includes mosquitto's headers. It turns broker events
+ * into calls on the core (chat.h) and the core's results into broker
+ * actions: a verdict for the publish, and mosquitto_broker_publish for each
+ * entry of the outbox.
+ *
+ * Callbacks: ACL_CHECK (every publish, subscribe and delivery), MESSAGE
+ * (inbound chat publishes; runs before the broker sends the PUBACK, so a
+ * commit here makes "acked means stored" true), TICK (background flush of
+ * fsync-less commits).
+ */
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include <mosquitto_broker.h>
+#include <mosquitto_plugin.h>
+#include <mosquitto.h>
+#include <mqtt_protocol.h>
+
+#include "chat.h"
+
+#define CHAT_EXPORT __attribute__((visibility("default")))
+#define LOG_PREFIX "mosquitto-chat: "
+
+struct plugin {
+	mosquitto_plugin_id_t *id;
+	struct chat *chat;
+	bool acl_registered, message_registered, tick_registered;
+	uint64_t last_sync_ms;
+};
+
+/* ====================================================================== *
+ * Outbox → broker
+ * ====================================================================== */
+
+/* Publishes every queued entry (QoS 1, not retained). The broker owns a
+ * payload only once mosquitto_broker_publish succeeded. */
+static void flush_outbox(struct chat_outbox *ob, const char *client_id, const void *corr, uint16_t corr_len)
+{
+	for(struct outbox_pub *p = ob->head; p; p = p->next){
+		mosquitto_property *props = NULL;
+		void *buf = mosquitto_malloc(p->len ? p->len : 1);
+		int rc;
+
+		if(!buf){
+			mosquitto_log_printf(MOSQ_LOG_ERR, LOG_PREFIX "out of memory publishing to %s", p->topic);
+			continue;
+		}
+		memcpy(buf, p->payload, p->len);
+		if(p->correlate && corr
+				&& mosquitto_property_add_binary(&props, MQTT_PROP_CORRELATION_DATA, corr, corr_len) != MOSQ_ERR_SUCCESS){
+			props = NULL;
+		}
+		rc = mosquitto_broker_publish(p->target == OUTBOX_SENDER ? client_id : NULL, p->topic, (int)p->len, buf, 1,
+				false, props);
+		if(rc != MOSQ_ERR_SUCCESS){
+			mosquitto_free(buf);
+			mosquitto_property_free_all(&props);
+			mosquitto_log_printf(MOSQ_LOG_ERR, LOG_PREFIX "could not publish to %s: %s", p->topic,
+					mosquitto_strerror(rc));
+		}
+	}
+	outbox__clear(ob);
+}
+
+/* ====================================================================== *
+ * Callbacks
+ * ====================================================================== */
+
+static int acl_cb(int event, void *event_data, void *userdata)
+{
+	struct plugin *pl = userdata;
+	struct mosquitto_evt_acl_check *ed = event_data;
+	enum chat_access access;
+
+	switch(ed->access){
+		case MOSQ_ACL_READ: access = CHAT_ACCESS_READ; break;
+		case MOSQ_ACL_WRITE: access = CHAT_ACCESS_WRITE; break;
+		case MOSQ_ACL_SUBSCRIBE: access = CHAT_ACCESS_SUBSCRIBE; break;
+		case MOSQ_ACL_UNSUBSCRIBE: access = CHAT_ACCESS_UNSUBSCRIBE; break;
+		default: return MOSQ_ERR_PLUGIN_DEFER;
+	}
+	switch(acl__check(pl->chat, mosquitto_client_username(ed->client), access, ed->topic)){
+		case CHAT_ACL_ALLOW: return MOSQ_ERR_SUCCESS;
+		case CHAT_ACL_DENY: return MOSQ_ERR_ACL_DENIED;
+		default: return MOSQ_ERR_PLUGIN_DEFER;
+	}
+}
+
+static int message_cb(int event, void *event_data, void *userdata)
+{
+	struct plugin *pl = userdata;
+	struct mosquitto_evt_message *ed = event_data;
+	const struct chat_config *cfg = &pl->chat->cfg;
+	struct chat_client cl = {0};
+	struct chat_outbox out;
+	char *response_topic = NULL;
+	void *corr = NULL;
+	uint16_t corr_len = 0;
+	enum chat_verdict v;
+
+	/* the common case on a shared broker: not a chat topic at all */
+	if(strncmp(ed->topic, cfg->prefix, cfg->prefix_len) != 0 || ed->topic[cfg->prefix_len] != '/'){
+		return MOSQ_ERR_SUCCESS;
+	}
+	cl.username = mosquitto_client_username(ed->client);
+	cl.client_id = mosquitto_client_id(ed->client);
+	cl.protocol_version = mosquitto_client_protocol_version(ed->client);
+	if(ed->properties){
+		mosquitto_property_read_string(ed->properties, MQTT_PROP_RESPONSE_TOPIC, &response_topic, false);
+		mosquitto_property_read_binary(ed->properties, MQTT_PROP_CORRELATION_DATA, &corr, &corr_len, false);
+	}
+	cl.response_topic = response_topic;
+	cl.has_correlation = corr != NULL;
+
+	outbox__init(&out);
+	v = chat__handle_publish(pl->chat, &cl, ed->topic, ed->payload, ed->payloadlen, &out);
+	flush_outbox(&out, cl.client_id, corr, corr_len);
+	mosquitto_free(response_topic);
+	mosquitto_free(corr);
+
+	switch(v){
+		case CHAT_PASS:
+			return MOSQ_ERR_SUCCESS;
+		case CHAT_CONSUMED:
+			/* Nobody may subscribe to inbound topics: route an empty,
+			 * unretained copy to no one instead of holding the payload. */
+			ed->payload = NULL;
+			ed->payloadlen = 0;
+			ed->retain = false;
+			return MOSQ_ERR_SUCCESS;
+		case CHAT_REFUSED:
+			return MOSQ_ERR_ACL_DENIED;
+		case CHAT_STORE_FAILED:
+		default:
+			mosquitto_log_printf(MOSQ_LOG_ERR, LOG_PREFIX "could not store a publish from %s on %s: %s; "
+					"no PUBACK, the client will resend", cl.client_id ? cl.client_id : "?", ed->topic,
+					store__last_error(pl->chat->store));
+			return MOSQ_ERR_UNKNOWN;
+	}
+}
+
+static uint64_t monotonic_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* fsync off: flush the page cache to disk every sync_interval_ms, which bounds
+ * what a power loss can take; a killed broker loses nothing either way. */
+static int tick_cb(int event, void *event_data, void *userdata)
+{
+	struct plugin *pl = userdata;
+	uint64_t now;
+
+	if(pl->chat->cfg.fsync != CHAT_FSYNC_OFF || pl->chat->cfg.sync_interval_ms == 0) return MOSQ_ERR_SUCCESS;
+	if(!store__dirty(pl->chat->store)) return MOSQ_ERR_SUCCESS;
+	now = monotonic_ms();
+	if(now - pl->last_sync_ms < pl->chat->cfg.sync_interval_ms) return MOSQ_ERR_SUCCESS;
+	pl->last_sync_ms = now;
+	if(store__sync(pl->chat->store) != STORE_OK){
+		mosquitto_log_printf(MOSQ_LOG_ERR, LOG_PREFIX "background sync failed: %s", store__last_error(pl->chat->store));
+	}
+	return MOSQ_ERR_SUCCESS;
+}
+
+/* ====================================================================== *
+ * Entry points
+ * ====================================================================== */
+
+CHAT_EXPORT int mosquitto_plugin_version(int supported_version_count, const int *supported_versions)
+{
+	for(int i = 0; i < supported_version_count; i++){
+		if(supported_versions[i] == 5) return 5;
+	}
+	return -1;
+}
+
+static void plugin_free(struct plugin *pl)
+{
+	if(!pl) return;
+	if(pl->tick_registered) mosquitto_callback_unregister(pl->id, MOSQ_EVT_TICK, tick_cb, NULL);
+	if(pl->message_registered) mosquitto_callback_unregister(pl->id, MOSQ_EVT_MESSAGE, message_cb, NULL);
+	if(pl->acl_registered) mosquitto_callback_unregister(pl->id, MOSQ_EVT_ACL_CHECK, acl_cb, NULL);
+	chat__close(pl->chat);
+	mosquitto_free(pl);
+}
+
+CHAT_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
+		struct mosquitto_opt *options, int option_count)
+{
+	struct chat_config cfg;
+	struct plugin *pl = NULL;
+	char err[256];
+	int rc;
+
+	config__defaults(&cfg);
+	for(int i = 0; i < option_count; i++){
+		if(config__set(&cfg, options[i].key, options[i].value, err, sizeof(err))){
+			mosquitto_log_printf(MOSQ_LOG_ERR, LOG_PREFIX "%s", err);
+			goto fail;
+		}
+	}
+	pl = mosquitto_calloc(1, sizeof(*pl));
+	if(!pl){
+		mosquitto_log_printf(MOSQ_LOG_ERR, LOG_PREFIX "out of memory");
+		goto fail;
+	}
+	pl->id = identifier;
+	if(chat__open(&pl->chat, &cfg, err, sizeof(err))){
+		mosquitto_log_printf(MOSQ_LOG_ERR, LOG_PREFIX "%s", err);
+		goto fail;
+	}
+
+	rc = mosquitto_callback_register(identifier, MOSQ_EVT_ACL_CHECK, acl_cb, NULL, pl);
+	if(rc) goto fail_register;
+	pl->acl_registered = true;
+	rc = mosquitto_callback_register(identifier, MOSQ_EVT_MESSAGE, message_cb, NULL, pl);
+	if(rc) goto fail_register;
+	pl->message_registered = true;
+	rc = mosquitto_callback_register(identifier, MOSQ_EVT_TICK, tick_cb, NULL, pl);
+	if(rc) goto fail_register;
+	pl->tick_registered = true;
+
+	mosquitto_log_printf(MOSQ_LOG_NOTICE, LOG_PREFIX "ready: prefix '%s', database %s, fsync %s, observers %zu",
+			pl->chat->cfg.prefix, pl->chat->cfg.db_path,
+			pl->chat->cfg.fsync == CHAT_FSYNC_ALWAYS ? "always (power-loss safe)" : "off (crash safe)",
+			pl->chat->cfg.observer_count);
+	*userdata = pl;
+	return MOSQ_ERR_SUCCESS;
+
+fail_register:
+	mosquitto_log_printf(MOSQ_LOG_ERR, LOG_PREFIX "could not register a callback: %s", mosquitto_strerror(rc));
+fail:
+	config__free(&cfg);
+	plugin_free(pl);
+	return MOSQ_ERR_INVAL;
+}
+
+CHAT_EXPORT int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *options, int option_count)
+{
+	plugin_free(userdata);
+	return MOSQ_ERR_SUCCESS;
+}

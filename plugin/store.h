@@ -1,0 +1,88 @@
+/*
+ * store.h — the durable store, behind a small interface.
+ *
+ * store.c is the only file that includes lmdb.h. Every call works inside a
+ * transaction; values handed to callbacks or returned by pointer are only
+ * valid until the transaction ends: copy what you keep.
+ *
+ * Key layout (all ids are 1..64 chars without NUL, so "\0" separates fields
+ * and byte order is (id, id) order; seqs are 8-byte big-endian so byte order
+ * is numeric order):
+ *   convs     conv                      -> type(1) created_ms(8 BE) name(…)
+ *   seqs      conv                      -> last_seq (8 BE)
+ *   members   conv \0 user              -> role (1: 'a' admin, 'm' member)
+ *   umembers  user \0 conv              -> (empty)   reverse index
+ *   msgs      conv \0 seq(8 BE)         -> the stamped JSON, as delivered
+ *   cmids     conv \0 from \0 cmid      -> seq (8 BE)
+ *   directs   userA \0 userB (A < B)    -> conv
+ */
+#ifndef CHAT_STORE_H
+#define CHAT_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct store;
+struct store_txn;
+
+enum store_rc {
+	STORE_OK = 0,
+	STORE_NOTFOUND = 1,
+	STORE_FULL = 2,      /* the map is full: raise plugin_opt_map_size */
+	STORE_ERR = 3,       /* any other failure; see store__last_error() */
+};
+
+struct store_conv {
+	char type;                   /* 'd' direct, 'g' group */
+	uint64_t created_ms;
+	char name[128 + 1];
+	uint64_t last_seq;
+};
+
+/* Opens (creating if needed) the environment in directory path.
+ * sync_each: fsync every commit (power-loss safe) or not (process-crash safe). */
+int store__open(struct store **out, const char *path, size_t map_size, bool sync_each, char *err, size_t errlen);
+void store__close(struct store *s);
+/* Flushes what fsync-less commits left in the page cache. */
+int store__sync(struct store *s);
+bool store__dirty(const struct store *s);
+const char *store__last_error(const struct store *s);
+
+int store__begin(struct store *s, bool write, struct store_txn **txn);
+/* Commits and frees txn whatever the result. */
+int store__commit(struct store_txn *txn);
+void store__abort(struct store_txn *txn);
+
+int store__conv_get(struct store_txn *txn, const char *conv, struct store_conv *out);
+int store__conv_put(struct store_txn *txn, const char *conv, const struct store_conv *c);
+int store__seq_put(struct store_txn *txn, const char *conv, uint64_t last_seq);
+
+/* role: 'a' or 'm'. */
+int store__member_get(struct store_txn *txn, const char *conv, const char *user, char *role);
+int store__member_put(struct store_txn *txn, const char *conv, const char *user, char role);
+int store__member_del(struct store_txn *txn, const char *conv, const char *user);
+/* Calls cb for each member of conv in user order; a non-zero return stops
+ * the walk and is returned. */
+typedef int (*store_member_cb)(void *ud, const char *user, char role);
+int store__members_each(struct store_txn *txn, const char *conv, store_member_cb cb, void *ud);
+size_t store__member_count(struct store_txn *txn, const char *conv);
+/* Calls cb for each conversation user belongs to, in conv order. */
+typedef int (*store_id_cb)(void *ud, const char *id);
+int store__user_convs_each(struct store_txn *txn, const char *user, store_id_cb cb, void *ud);
+
+int store__msg_put(struct store_txn *txn, const char *conv, uint64_t seq, const void *data, size_t len);
+int store__msg_get(struct store_txn *txn, const char *conv, uint64_t seq, const void **data, size_t *len);
+/* Walks messages of conv with lo <= seq <= hi, ascending or descending, until
+ * cb returns non-zero (returned) or the range ends (STORE_OK). */
+typedef int (*store_msg_cb)(void *ud, uint64_t seq, const void *data, size_t len);
+int store__msgs_range(struct store_txn *txn, const char *conv, uint64_t lo, uint64_t hi, bool descending,
+		store_msg_cb cb, void *ud);
+
+int store__cmid_get(struct store_txn *txn, const char *conv, const char *from, const char *cmid, uint64_t *seq);
+int store__cmid_put(struct store_txn *txn, const char *conv, const char *from, const char *cmid, uint64_t seq);
+
+int store__direct_get(struct store_txn *txn, const char *a, const char *b, char conv[65]);
+int store__direct_put(struct store_txn *txn, const char *a, const char *b, const char *conv);
+
+#endif
