@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Quick start, step 2 (and what CI runs): every test.
+#  1. installs what is missing;
+#  2. builds the plugin and the unit tests with AddressSanitizer + UBSan;
+#  3. runs the C unit tests (ctest);
+#  4. runs the pytest integration suite against real mosquitto brokers that load
+#     the sanitized plugin (ASan runtime preloaded); any ASan/UBSan/leak report
+#     fails the test that produced it.
+# CHAT_SANITIZE=valgrind runs the brokers under valgrind instead (slower);
+# CHAT_SANITIZE=none runs the plain build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-deps.sh
+
+mode=${CHAT_SANITIZE:-asan}
+if [ "$mode" = asan ]; then
+	build=build-asan
+	cmake -S . -B "$build" -G Ninja -DENABLE_SANITIZERS=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
+else
+	build=build
+	cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+fi
+cmake --build "$build"
+
+echo "==> unit tests ($build)"
+ctest --test-dir "$build" --output-on-failure
+
+echo "==> integration tests (sanitizer: $mode)"
+export CHAT_PLUGIN="$PWD/$build/plugin/mosquitto_chat.so"
+export CHAT_SANITIZE="$mode"
+python3 -m pytest tests/integration "$@"
