@@ -31,7 +31,7 @@ int chat__open(struct chat **out, struct chat_config *cfg, char *err, size_t err
 	memset(cfg, 0, sizeof(*cfg));
 	chat->now_ms = json__now_ms;
 	if(store__open(&chat->store, chat->cfg.db_path, chat->cfg.map_size, chat->cfg.fsync == CHAT_FSYNC_ALWAYS,
-				err, errlen) != STORE_OK){
+				chat->cfg.sync_interval_ms, err, errlen) != STORE_OK){
 		chat__close(chat);
 		return -1;
 	}

@@ -8,12 +8,10 @@
  *
  * Callbacks: ACL_CHECK (every publish, subscribe and delivery), MESSAGE
  * (inbound chat publishes; runs before the broker sends the PUBACK, so a
- * commit here makes "acked means stored" true), TICK (background flush of
- * fsync-less commits).
+ * commit here makes "acked means stored" true).
  */
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 
 #include <mosquitto_broker.h>
 #include <mosquitto_plugin.h>
@@ -28,8 +26,7 @@
 struct plugin {
 	mosquitto_plugin_id_t *id;
 	struct chat *chat;
-	bool acl_registered, message_registered, tick_registered;
-	uint64_t last_sync_ms;
+	bool acl_registered, message_registered;
 };
 
 /* ====================================================================== *
@@ -143,31 +140,6 @@ static int message_cb(int event, void *event_data, void *userdata)
 	}
 }
 
-static uint64_t monotonic_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-/* fsync off: flush the page cache to disk every sync_interval_ms, which bounds
- * what a power loss can take; a killed broker loses nothing either way. */
-static int tick_cb(int event, void *event_data, void *userdata)
-{
-	struct plugin *pl = userdata;
-	uint64_t now;
-
-	if(pl->chat->cfg.fsync != CHAT_FSYNC_OFF || pl->chat->cfg.sync_interval_ms == 0) return MOSQ_ERR_SUCCESS;
-	if(!store__dirty(pl->chat->store)) return MOSQ_ERR_SUCCESS;
-	now = monotonic_ms();
-	if(now - pl->last_sync_ms < pl->chat->cfg.sync_interval_ms) return MOSQ_ERR_SUCCESS;
-	pl->last_sync_ms = now;
-	if(store__sync(pl->chat->store) != STORE_OK){
-		mosquitto_log_printf(MOSQ_LOG_ERR, LOG_PREFIX "background sync failed: %s", store__last_error(pl->chat->store));
-	}
-	return MOSQ_ERR_SUCCESS;
-}
-
 /* ====================================================================== *
  * Entry points
  * ====================================================================== */
@@ -183,7 +155,6 @@ CHAT_EXPORT int mosquitto_plugin_version(int supported_version_count, const int 
 static void plugin_free(struct plugin *pl)
 {
 	if(!pl) return;
-	if(pl->tick_registered) mosquitto_callback_unregister(pl->id, MOSQ_EVT_TICK, tick_cb, NULL);
 	if(pl->message_registered) mosquitto_callback_unregister(pl->id, MOSQ_EVT_MESSAGE, message_cb, NULL);
 	if(pl->acl_registered) mosquitto_callback_unregister(pl->id, MOSQ_EVT_ACL_CHECK, acl_cb, NULL);
 	chat__close(pl->chat);
@@ -222,9 +193,6 @@ CHAT_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **
 	rc = mosquitto_callback_register(identifier, MOSQ_EVT_MESSAGE, message_cb, NULL, pl);
 	if(rc) goto fail_register;
 	pl->message_registered = true;
-	rc = mosquitto_callback_register(identifier, MOSQ_EVT_TICK, tick_cb, NULL, pl);
-	if(rc) goto fail_register;
-	pl->tick_registered = true;
 
 	mosquitto_log_printf(MOSQ_LOG_NOTICE, LOG_PREFIX "ready: prefix '%s', database %s, fsync %s, observers %zu",
 			pl->chat->cfg.prefix, pl->chat->cfg.db_path,

@@ -6,8 +6,20 @@
  * transactions reuse one handle (mdb_txn_reset / mdb_txn_renew) so an ACL
  * check costs no allocation, and are reset as soon as the caller is done so a
  * reader never pins old pages.
+ *
+ * Durability modes. sync_each: every commit is fsynced before it returns
+ * (LMDB's default). Otherwise MDB_NOSYNC | MDB_WRITEMAP: a commit writes its
+ * pages straight into the shared file mapping — no write() per page, which
+ * was most of the plugin's cost per message — and returns; the kernel owns
+ * the pages from then on, so a killed broker loses nothing, and a flusher
+ * thread msyncs every flush_ms so a power loss can take at most that window.
+ * The flusher runs beside the broker's loop rather than on its tick because
+ * a sync can take milliseconds and the loop must not stall for it.
  */
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,7 +50,13 @@ struct store {
 	MDB_txn *rtxn;          /* the reusable read transaction, reset when idle */
 	bool rtxn_live;
 	bool sync_each;
-	bool dirty;             /* commits not yet flushed (sync_each off) */
+	atomic_bool dirty;      /* commits not yet flushed (sync_each off) */
+	unsigned flush_ms;
+	bool flusher_running;
+	pthread_t flusher;
+	pthread_mutex_t flush_lock;
+	pthread_cond_t flush_wake;
+	bool flusher_stop;      /* under flush_lock */
 	char last_error[160];
 };
 
@@ -106,7 +124,36 @@ static int map_rc(struct store *s, int rc, const char *what)
  * Environment
  * ====================================================================== */
 
-int store__open(struct store **out, const char *path, size_t map_size, bool sync_each, char *err, size_t errlen)
+/* Flusher thread: msync/fdatasync the environment every flush_ms when
+ * something was committed since the last flush, until told to stop. */
+static void *flusher_main(void *arg)
+{
+	struct store *s = arg;
+	struct timespec until;
+
+	pthread_mutex_lock(&s->flush_lock);
+	while(!s->flusher_stop){
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_sec += s->flush_ms / 1000;
+		until.tv_nsec += (long)(s->flush_ms % 1000) * 1000000L;
+		if(until.tv_nsec >= 1000000000L){
+			until.tv_sec++;
+			until.tv_nsec -= 1000000000L;
+		}
+		pthread_cond_timedwait(&s->flush_wake, &s->flush_lock, &until);
+		if(s->flusher_stop) break;
+		if(atomic_exchange(&s->dirty, false)){
+			pthread_mutex_unlock(&s->flush_lock);
+			mdb_env_sync(s->env, 1);
+			pthread_mutex_lock(&s->flush_lock);
+		}
+	}
+	pthread_mutex_unlock(&s->flush_lock);
+	return NULL;
+}
+
+int store__open(struct store **out, const char *path, size_t map_size, bool sync_each, unsigned flush_ms,
+		char *err, size_t errlen)
 {
 	struct store *s;
 	MDB_txn *txn = NULL;
@@ -123,13 +170,17 @@ int store__open(struct store **out, const char *path, size_t map_size, bool sync
 		return STORE_ERR;
 	}
 	s->sync_each = sync_each;
+	s->flush_ms = flush_ms;
+	atomic_init(&s->dirty, false);
+	pthread_mutex_init(&s->flush_lock, NULL);
+	pthread_cond_init(&s->flush_wake, NULL);
 
 	if((rc = mdb_env_create(&s->env)) != 0) goto fail;
 	if((rc = mdb_env_set_maxdbs(s->env, DBI_COUNT)) != 0) goto fail;
 	if((rc = mdb_env_set_mapsize(s->env, map_size)) != 0) goto fail;
 	/* NOTLS: the reusable read txn is not tied to a thread slot. NOSYNC
 	 * unless every commit must reach the disk before the ack. */
-	rc = mdb_env_open(s->env, path, MDB_NOTLS | (sync_each ? 0 : MDB_NOSYNC), 0640);
+	rc = mdb_env_open(s->env, path, MDB_NOTLS | (sync_each ? 0 : MDB_NOSYNC | MDB_WRITEMAP), 0640);
 	if(rc) goto fail;
 
 	if((rc = mdb_txn_begin(s->env, NULL, 0, &txn)) != 0) goto fail;
@@ -140,6 +191,15 @@ int store__open(struct store **out, const char *path, size_t map_size, bool sync
 	txn = NULL;
 	if(rc) goto fail;
 	if(!sync_each && (rc = mdb_env_sync(s->env, 1)) != 0) goto fail;
+	if(!sync_each && flush_ms > 0){
+		if(pthread_create(&s->flusher, NULL, flusher_main, s) != 0){
+			snprintf(err, errlen, "cannot start the database flusher thread");
+			mdb_env_close(s->env);
+			free(s);
+			return STORE_ERR;
+		}
+		s->flusher_running = true;
+	}
 
 	*out = s;
 	return STORE_OK;
@@ -155,24 +215,29 @@ fail:
 void store__close(struct store *s)
 {
 	if(!s) return;
+	if(s->flusher_running){
+		pthread_mutex_lock(&s->flush_lock);
+		s->flusher_stop = true;
+		pthread_cond_signal(&s->flush_wake);
+		pthread_mutex_unlock(&s->flush_lock);
+		pthread_join(s->flusher, NULL);
+	}
 	if(s->rtxn) mdb_txn_abort(s->rtxn);
 	if(s->env){
 		if(!s->sync_each) mdb_env_sync(s->env, 1);
 		mdb_env_close(s->env);
 	}
+	pthread_cond_destroy(&s->flush_wake);
+	pthread_mutex_destroy(&s->flush_lock);
 	free(s);
 }
 
 int store__sync(struct store *s)
 {
+	bool was = atomic_exchange(&s->dirty, false);
 	int rc = mdb_env_sync(s->env, 1);
-	if(rc == 0) s->dirty = false;
+	if(rc != 0 && was) atomic_store(&s->dirty, true);
 	return map_rc(s, rc, "sync");
-}
-
-bool store__dirty(const struct store *s)
-{
-	return s->dirty;
 }
 
 const char *store__last_error(const struct store *s)
@@ -238,7 +303,7 @@ int store__commit(struct store_txn *t)
 	}
 	rc = mdb_txn_commit(t->txn);
 	free(t);
-	if(rc == 0 && !s->sync_each) s->dirty = true;
+	if(rc == 0 && !s->sync_each) atomic_store(&s->dirty, true);
 	return map_rc(s, rc, "commit");
 }
 

@@ -41,12 +41,14 @@ struct store_conv {
 };
 
 /* Opens (creating if needed) the environment in directory path.
- * sync_each: fsync every commit (power-loss safe) or not (process-crash safe). */
-int store__open(struct store **out, const char *path, size_t map_size, bool sync_each, char *err, size_t errlen);
+ * sync_each: fsync every commit (power-loss safe) or not (process-crash safe).
+ * flush_ms (sync_each off): a background thread flushes commits to disk this
+ * often, bounding what a power loss can take; 0 leaves it to the kernel. */
+int store__open(struct store **out, const char *path, size_t map_size, bool sync_each, unsigned flush_ms,
+		char *err, size_t errlen);
 void store__close(struct store *s);
 /* Flushes what fsync-less commits left in the page cache. */
 int store__sync(struct store *s);
-bool store__dirty(const struct store *s);
 const char *store__last_error(const struct store *s);
 
 int store__begin(struct store *s, bool write, struct store_txn **txn);
