@@ -41,6 +41,10 @@ struct chat_config {
 	unsigned max_body;
 	unsigned max_payload;
 	unsigned history_limit;
+	unsigned receipt_fanout_max;   /* groups larger than this store receipts, don't fan out */
+	unsigned typing_fanout_max;    /* groups larger than this get no typing events */
+	unsigned typing_interval_ms;   /* at most one "typing" fan-out per (user, conv) per interval */
+	unsigned typing_ttl_ms;        /* a "typing" state expires this long after its last refresh */
 	char **observers;
 	size_t observer_count;
 };
@@ -146,11 +150,14 @@ struct outbox_pub {
 	size_t len;
 	enum outbox_target target;
 	bool correlate;     /* attach the request's correlation data (MQTT 5) */
+	int qos;            /* 1 unless set otherwise */
+	bool retain;
 };
 
 struct chat_outbox {
 	struct outbox_pub *head;
 	struct outbox_pub **tail;
+	struct outbox_pub *last;   /* the entry added last, to adjust qos/retain */
 	size_t count;
 };
 
@@ -165,16 +172,25 @@ void outbox__clear(struct chat_outbox *ob);
  * The core's state and entry points (acl.c, message.c, request.c)
  * ====================================================================== */
 
+struct device;
+struct device_user;
+struct typing_entry;
+
 struct chat {
 	struct chat_config cfg;
 	struct store *store;
 	uint64_t (*now_ms)(void);   /* server clock, replaceable by tests */
 	uint64_t stored_msgs;       /* counters, for logs and later stats */
 	uint64_t refusals;
+	struct device *devices;          /* presence.c: connected devices by connection */
+	struct device_user *device_users;/* presence.c: users with >= 1 connected device */
+	const void *disconnecting;       /* presence.c: the connection whose will comes next */
+	struct typing_entry *typing;     /* typing.c: who is typing where */
 };
 
 /* Who published: the authenticated username (may be NULL) of one device. */
 struct chat_client {
+	const void *conn;                /* the broker's connection, an opaque key */
 	const char *username;
 	const char *client_id;
 	int protocol_version;            /* 3, 4 or 5 */
@@ -187,6 +203,13 @@ enum chat_verdict {
 	CHAT_CONSUMED,      /* handled; the inbound copy goes nowhere */
 	CHAT_REFUSED,       /* refuse the publish (MQTT 5: PUBACK 0x87) */
 	CHAT_STORE_FAILED,  /* commit failed: no PUBACK, drop the connection */
+	CHAT_REWRITE,       /* route it with the payload (and retain flag) in chat_rewrite */
+};
+
+struct chat_rewrite {
+	char *payload;      /* malloc'ed; the adapter takes it */
+	size_t len;
+	bool retain;
 };
 
 enum chat_access {
@@ -205,12 +228,18 @@ enum chat_acl {
 int chat__open(struct chat **out, struct chat_config *cfg, char *err, size_t errlen);
 void chat__close(struct chat *chat);
 
-/* acl.c */
-enum chat_acl acl__check(struct chat *chat, const char *username, enum chat_access access, const char *topic);
+/* acl.c. conn, payload and len matter for writes to the presence topic. */
+enum chat_acl acl__check(struct chat *chat, const void *conn, const char *username, enum chat_access access,
+		const char *topic, const void *payload, size_t len);
 
-/* message.c, request.c: the message hook's work for one inbound publish. */
+/* chat.c: the message hook's work for one inbound publish; rw is filled when
+ * the verdict is CHAT_REWRITE. */
 enum chat_verdict chat__handle_publish(struct chat *chat, const struct chat_client *cl, const char *topic,
-		const void *payload, size_t len, struct chat_outbox *out);
+		const void *payload, size_t len, struct chat_outbox *out, struct chat_rewrite *rw);
+/* chat.c: periodic work (typing expiry). */
+void chat__tick(struct chat *chat, struct chat_outbox *out);
+/* chat.c: a connection ended (clean or not). */
+void chat__disconnect(struct chat *chat, const void *conn, struct chat_outbox *out);
 
 enum chat_verdict message__send(struct chat *chat, const struct chat_client *cl, const struct topic_ref *ref,
 		const void *payload, size_t len, struct chat_outbox *out);
@@ -248,5 +277,47 @@ enum chat_err conv__members_remove(struct chat *, struct store_txn *, const char
 /* Loads conv and checks user is a member; role receives 'a' or 'm'. */
 enum chat_err conv__require_member(struct store_txn *txn, const char *conv, const char *user,
 		struct store_conv *sc, char *role, struct chat_error *e);
+
+/* ======================================================================
+ * receipt.c — delivered/read cursors
+ * ====================================================================== */
+
+enum chat_verdict receipt__handle(struct chat *chat, const struct chat_client *cl, const struct topic_ref *ref,
+		const void *payload, size_t len, struct chat_outbox *out);
+/* The sender has read what they sent: moves their cursors to seq in txn. */
+int receipt__on_send(struct store_txn *txn, const char *conv, const char *user, uint64_t seq);
+enum chat_err receipt__get(struct chat *, struct store_txn *, const char *, const cJSON *, cJSON *, struct chat_outbox *, struct chat_error *);
+enum chat_err receipt__counts(struct chat *, struct store_txn *, const char *, const cJSON *, cJSON *, struct chat_outbox *, struct chat_error *);
+
+/* ======================================================================
+ * typing.c — typing indicators (memory only)
+ * ====================================================================== */
+
+enum chat_verdict typing__handle(struct chat *chat, const struct chat_client *cl, const struct topic_ref *ref,
+		const void *payload, size_t len, struct chat_outbox *out);
+/* Publishes "idle" for every typing state past its ttl. */
+void typing__expire(struct chat *chat, uint64_t now, struct chat_outbox *out);
+/* Publishes "idle" for every conversation user was typing in. */
+void typing__user_gone(struct chat *chat, const char *user, struct chat_outbox *out);
+void typing__free(struct chat *chat);
+
+/* ======================================================================
+ * presence.c — connected devices and the retained presence topic
+ * ====================================================================== */
+
+/* Notes that conn (a device of user) is connected. */
+void presence__track(struct chat *chat, const void *conn, const char *user);
+bool presence__user_connected(const struct chat *chat, const char *user);
+/* A publish on {p}/p/{user}: validated and stamped into rw. */
+enum chat_verdict presence__handle(struct chat *chat, const struct chat_client *cl, const struct topic_ref *ref,
+		const void *payload, size_t len, struct chat_outbox *out, struct chat_rewrite *rw);
+/* May conn write this payload to its own presence topic? (Refuses wills.) */
+bool presence__may_write(struct chat *chat, const void *conn, const void *payload, size_t len);
+/* conn is gone: when it was its user's last device, publishes "offline". */
+void presence__disconnect(struct chat *chat, const void *conn, struct chat_outbox *out);
+/* At start: republishes every stored presence, turning stale "online"
+ * (from a broker that died) into "offline". */
+void presence__startup(struct chat *chat, struct chat_outbox *out);
+void presence__free(struct chat *chat);
 
 #endif

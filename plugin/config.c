@@ -25,6 +25,10 @@ void config__defaults(struct chat_config *cfg)
 	cfg->max_body = 16 * 1024;
 	cfg->max_payload = 64 * 1024;
 	cfg->history_limit = 200;
+	cfg->receipt_fanout_max = 50;
+	cfg->typing_fanout_max = 50;
+	cfg->typing_interval_ms = 2000;
+	cfg->typing_ttl_ms = 6000;
 }
 
 void config__free(struct chat_config *cfg)
@@ -172,6 +176,14 @@ int config__set(struct chat_config *cfg, const char *key, const char *value, cha
 		return set_uint(&cfg->max_payload, key, value, 256, 256 * 1024 * 1024, err, errlen);
 	}else if(!strcasecmp(key, "history_limit")){
 		return set_uint(&cfg->history_limit, key, value, 1, 10000, err, errlen);
+	}else if(!strcasecmp(key, "receipt_fanout_max")){
+		return set_uint(&cfg->receipt_fanout_max, key, value, 0, 100000, err, errlen);
+	}else if(!strcasecmp(key, "typing_fanout_max")){
+		return set_uint(&cfg->typing_fanout_max, key, value, 0, 100000, err, errlen);
+	}else if(!strcasecmp(key, "typing_interval_ms")){
+		return set_uint(&cfg->typing_interval_ms, key, value, 0, 60000, err, errlen);
+	}else if(!strcasecmp(key, "typing_ttl_ms")){
+		return set_uint(&cfg->typing_ttl_ms, key, value, 1000, 600000, err, errlen);
 	}else if(!strcasecmp(key, "observers")){
 		return set_observers(cfg, value, err, errlen);
 	}

@@ -234,7 +234,8 @@ enum chat_verdict message__send(struct chat *chat, const struct chat_client *cl,
 		goto store_failed;
 	}
 	if(stamp__store(chat, txn, ref->id, seq, msg, out, &e)) goto store_failed;
-	if(store__cmid_put(txn, ref->id, cl->username, r.cmid, seq) != STORE_OK){
+	if(store__cmid_put(txn, ref->id, cl->username, r.cmid, seq) != STORE_OK
+			|| receipt__on_send(txn, ref->id, cl->username, seq) != STORE_OK){
 		chat__fail(&e, CHAT_E_STORE, "%s", store__last_error(chat->store));
 		goto store_failed;
 	}

@@ -1,7 +1,7 @@
 /*
  * store.c — the LMDB store (the only file that includes lmdb.h).
  *
- * One environment, seven named databases opened once at start. The broker is
+ * One environment, nine named databases opened once at start. The broker is
  * single-threaded, so there is at most one write transaction at a time; read
  * transactions reuse one handle (mdb_txn_reset / mdb_txn_renew) so an ACL
  * check costs no allocation, and are reset as soon as the caller is done so a
@@ -25,11 +25,13 @@ enum {
 	DBI_MSGS,
 	DBI_CMIDS,
 	DBI_DIRECTS,
+	DBI_CURSORS,
+	DBI_PRESENCE,
 	DBI_COUNT
 };
 
 static const char *const dbi_names[DBI_COUNT] = {
-	"convs", "seqs", "members", "umembers", "msgs", "cmids", "directs",
+	"convs", "seqs", "members", "umembers", "msgs", "cmids", "directs", "cursors", "presence",
 };
 
 struct store {
@@ -288,7 +290,7 @@ static int prefix_each(struct store_txn *t, int dbi, const unsigned char *prefix
 
 	rc = mdb_cursor_open(t->txn, t->s->dbi[dbi], &cur);
 	if(rc) return map_rc(t->s, rc, "cursor");
-	rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+	rc = mdb_cursor_get(cur, &k, &v, plen ? MDB_SET_RANGE : MDB_FIRST);
 	while(rc == 0){
 		if(k.mv_size < plen || memcmp(k.mv_data, prefix, plen) != 0) break;
 		out = cb(ud, (const unsigned char *)k.mv_data + plen, k.mv_size - plen, &v);
@@ -571,4 +573,80 @@ int store__direct_put(struct store_txn *t, const char *a, const char *b, const c
 	size_t kl = pair_key(k, a, b);
 	if(!kl) return STORE_ERR;
 	return kv_put(t, DBI_DIRECTS, k, kl, conv, strlen(conv));
+}
+
+/* ====================================================================== *
+ * Receipt cursors
+ * ====================================================================== */
+
+int store__cursor_get(struct store_txn *t, const char *conv, const char *user, uint64_t *delivered, uint64_t *read)
+{
+	unsigned char k[KEY_MAX];
+	size_t kl = key_join(k, conv, user, NULL);
+	MDB_val v;
+	int rc;
+
+	*delivered = *read = 0;
+	if(!kl) return STORE_OK;
+	rc = kv_get(t, DBI_CURSORS, k, kl, &v);
+	if(rc == STORE_NOTFOUND) return STORE_OK;
+	if(rc) return rc;
+	if(v.mv_size != 16) return STORE_ERR;
+	*delivered = be64_get(v.mv_data);
+	*read = be64_get((const unsigned char *)v.mv_data + 8);
+	return STORE_OK;
+}
+
+int store__cursor_put(struct store_txn *t, const char *conv, const char *user, uint64_t delivered, uint64_t read)
+{
+	unsigned char k[KEY_MAX], v[16];
+	size_t kl = key_join(k, conv, user, NULL);
+	if(!kl) return STORE_ERR;
+	be64_put(v, delivered);
+	be64_put(v + 8, read);
+	return kv_put(t, DBI_CURSORS, k, kl, v, 16);
+}
+
+/* ====================================================================== *
+ * Presence
+ * ====================================================================== */
+
+int store__presence_get(struct store_txn *t, const char *user, bool *online, uint64_t *ts)
+{
+	MDB_val v;
+	int rc = kv_get(t, DBI_PRESENCE, user, strlen(user), &v);
+	if(rc) return rc;
+	if(v.mv_size != 9) return STORE_ERR;
+	*online = ((const char *)v.mv_data)[0] == '1';
+	*ts = be64_get((const unsigned char *)v.mv_data + 1);
+	return STORE_OK;
+}
+
+int store__presence_put(struct store_txn *t, const char *user, bool online, uint64_t ts)
+{
+	unsigned char v[9];
+	v[0] = online ? '1' : '0';
+	be64_put(v + 1, ts);
+	return kv_put(t, DBI_PRESENCE, user, strlen(user), v, 9);
+}
+
+struct presence_walk {
+	store_presence_cb cb;
+	void *ud;
+};
+
+static int presence_walk_cb(void *ud, const unsigned char *rest, size_t rl, const MDB_val *val)
+{
+	struct presence_walk *w = ud;
+	char user[65];
+	if(rl == 0 || rl > 64 || val->mv_size != 9) return STORE_OK;
+	memcpy(user, rest, rl);
+	user[rl] = '\0';
+	return w->cb(w->ud, user, ((const char *)val->mv_data)[0] == '1', be64_get((const unsigned char *)val->mv_data + 1));
+}
+
+int store__presence_each(struct store_txn *t, store_presence_cb cb, void *ud)
+{
+	struct presence_walk w = {cb, ud};
+	return prefix_each(t, DBI_PRESENCE, (const unsigned char *)"", 0, presence_walk_cb, &w);
 }

@@ -15,6 +15,8 @@
  *   msgs      conv \0 seq(8 BE)         -> the stamped JSON, as delivered
  *   cmids     conv \0 from \0 cmid      -> seq (8 BE)
  *   directs   userA \0 userB (A < B)    -> conv
+ *   cursors   conv \0 user              -> delivered (8 BE) read (8 BE)
+ *   presence  user                      -> state(1: '1' online, '0' offline) ts_ms (8 BE)
  */
 #ifndef CHAT_STORE_H
 #define CHAT_STORE_H
@@ -84,5 +86,15 @@ int store__cmid_put(struct store_txn *txn, const char *conv, const char *from, c
 
 int store__direct_get(struct store_txn *txn, const char *a, const char *b, char conv[65]);
 int store__direct_put(struct store_txn *txn, const char *a, const char *b, const char *conv);
+
+/* Receipt cursors of user in conv; both 0 when none is stored. */
+int store__cursor_get(struct store_txn *txn, const char *conv, const char *user, uint64_t *delivered, uint64_t *read);
+int store__cursor_put(struct store_txn *txn, const char *conv, const char *user, uint64_t delivered, uint64_t read);
+
+/* Last known presence of user: online or not, and since when (ms). */
+int store__presence_get(struct store_txn *txn, const char *user, bool *online, uint64_t *ts);
+int store__presence_put(struct store_txn *txn, const char *user, bool online, uint64_t ts);
+typedef int (*store_presence_cb)(void *ud, const char *user, bool online, uint64_t ts);
+int store__presence_each(struct store_txn *txn, store_presence_cb cb, void *ud);
 
 #endif

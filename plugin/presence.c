@@ -1,0 +1,293 @@
+/*
+ * presence.c — connected devices, and the retained presence topic
+ * {p}/p/{user} = {"state":"online"|"offline","ts":ms}.
+ *
+ * mosquitto 2.0 has no CONNECT event for plugins. A device (one broker
+ * connection, keyed by its opaque `struct mosquitto *`) counts as connected
+ * from its first chat action — a publish to a chat topic or a subscription to
+ * one (every client of the protocol subscribes to {p}/u/{me}/+ and publishes
+ * its "online" state) — until the broker's DISCONNECT event for it, which
+ * comes for clean and unclean ends alike. Keying by connection, not client
+ * id, keeps a session take-over right: the new connection is a new device and
+ * the old one's late DISCONNECT removes only the old one.
+ *
+ * A user is online while they have a connected device. The plugin stamps
+ * every state with server time and owns the last word: when a user's last
+ * device disconnects it publishes {"state":"offline","ts":now} itself.
+ * Clients' Last Wills bypass the message hook, so they are refused in the
+ * write ACL (an "offline" write from a connection that is no longer a device
+ * is a will; see presence__may_write) — the plugin's own "offline" replaces
+ * them, with server time, and never while another device is connected.
+ * States are kept in LMDB: at start, every stored state is republished
+ * retained, and a user stored as online (a broker that died) becomes offline.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <uthash.h>
+
+#include "chat.h"
+
+struct device {
+	const void *conn;
+	char user[CHAT_ID_MAX + 1];
+	UT_hash_handle hh;
+};
+
+struct device_user {
+	char user[CHAT_ID_MAX + 1];
+	unsigned devices;
+	UT_hash_handle hh;
+};
+
+/* ====================================================================== *
+ * The device table
+ * ====================================================================== */
+
+void presence__track(struct chat *chat, const void *conn, const char *user)
+{
+	struct device *d;
+	struct device_user *u;
+
+	HASH_FIND_PTR(chat->devices, &conn, d);
+	if(d) return;
+	d = calloc(1, sizeof(*d));
+	if(!d) return;
+	d->conn = conn;
+	snprintf(d->user, sizeof(d->user), "%s", user);
+	HASH_FIND_STR(chat->device_users, user, u);
+	if(!u){
+		u = calloc(1, sizeof(*u));
+		if(!u){
+			free(d);
+			return;
+		}
+		snprintf(u->user, sizeof(u->user), "%s", user);
+		HASH_ADD_STR(chat->device_users, user, u);
+	}
+	u->devices++;
+	HASH_ADD_PTR(chat->devices, conn, d);
+}
+
+/* Forgets conn; returns true when it was its user's last device (the
+ * user's name is copied to user). */
+static bool presence__untrack(struct chat *chat, const void *conn, char user[CHAT_ID_MAX + 1])
+{
+	struct device *d;
+	struct device_user *u;
+	bool last = false;
+
+	HASH_FIND_PTR(chat->devices, &conn, d);
+	if(!d) return false;
+	snprintf(user, CHAT_ID_MAX + 1, "%s", d->user);
+	HASH_FIND_STR(chat->device_users, d->user, u);
+	if(u && --u->devices == 0){
+		HASH_DEL(chat->device_users, u);
+		free(u);
+		last = true;
+	}
+	HASH_DEL(chat->devices, d);
+	free(d);
+	return last;
+}
+
+bool presence__user_connected(const struct chat *chat, const char *user)
+{
+	struct device_user *u;
+	HASH_FIND_STR(chat->device_users, user, u);
+	return u != NULL;
+}
+
+static bool presence__conn_tracked(const struct chat *chat, const void *conn)
+{
+	struct device *d;
+	HASH_FIND_PTR(chat->devices, &conn, d);
+	return d != NULL;
+}
+
+void presence__free(struct chat *chat)
+{
+	struct device *d, *dt;
+	struct device_user *u, *ut;
+	HASH_ITER(hh, chat->devices, d, dt){
+		HASH_DEL(chat->devices, d);
+		free(d);
+	}
+	HASH_ITER(hh, chat->device_users, u, ut){
+		HASH_DEL(chat->device_users, u);
+		free(u);
+	}
+}
+
+/* ====================================================================== *
+ * States
+ * ====================================================================== */
+
+static char *state_json(bool online, uint64_t ts, size_t *len)
+{
+	char *s = malloc(64);
+	int n;
+	if(!s) return NULL;
+	n = snprintf(s, 64, "{\"state\":\"%s\",\"ts\":%llu}", online ? "online" : "offline", (unsigned long long)ts);
+	*len = (size_t)n;
+	return s;
+}
+
+/* Queues the retained state of user. */
+static void presence__publish(struct chat *chat, const char *user, bool online, uint64_t ts, struct chat_outbox *out)
+{
+	char topic[CHAT_TOPIC_MAX];
+	size_t len;
+	char *s = state_json(online, ts, &len);
+	if(!s) return;
+	if(!topic__build(topic, sizeof(topic), &chat->cfg, "p", user, NULL)){
+		free(s);
+		return;
+	}
+	if(outbox__add(out, topic, s, len, OUTBOX_ALL, false) == 0) out->last->retain = true;
+}
+
+/* Stores user's state; returns the state's ts (kept when the state is
+ * unchanged, so "online since" survives a second device). */
+static int presence__store(struct chat *chat, const char *user, bool online, uint64_t *ts)
+{
+	struct store_txn *txn;
+	bool was_online;
+	uint64_t since, now = chat->now_ms();
+	int rc;
+
+	if(store__begin(chat->store, true, &txn) != STORE_OK) return STORE_ERR;
+	rc = store__presence_get(txn, user, &was_online, &since);
+	if(rc == STORE_OK && was_online == online){
+		store__abort(txn);
+		*ts = since;
+		return STORE_OK;
+	}
+	rc = store__presence_put(txn, user, online, now);
+	if(rc != STORE_OK){
+		store__abort(txn);
+		return rc;
+	}
+	*ts = now;
+	return store__commit(txn);
+}
+
+bool presence__may_write(struct chat *chat, const void *conn, const void *payload, size_t len)
+{
+	cJSON *root;
+	const cJSON *st;
+	bool online;
+
+	if(presence__conn_tracked(chat, conn)) return true;
+	/* Not (or no longer) a device: only a first "online" may pass. Anything
+	 * else is a Last Will sent after the DISCONNECT event, or nonsense. */
+	if(len == 0 || len > 256) return false;
+	root = cJSON_ParseWithLength(payload, len);
+	st = cJSON_GetObjectItemCaseSensitive(root, "state");
+	online = cJSON_IsString(st) && !strcmp(st->valuestring, "online");
+	cJSON_Delete(root);
+	return online;
+}
+
+enum chat_verdict presence__handle(struct chat *chat, const struct chat_client *cl, const struct topic_ref *ref,
+		const void *payload, size_t len, struct chat_outbox *out, struct chat_rewrite *rw)
+{
+	static const char *const fields[] = {"state", NULL};
+	struct topic_ref noconv = *ref;
+	struct chat_error e = {0};
+	char user[CHAT_ID_MAX + 1];
+	const cJSON *st;
+	cJSON *root = NULL;
+	bool online;
+	uint64_t ts;
+
+	noconv.id_valid = false;    /* the event carries no conversation */
+	if(!ref->id_valid || strcmp(ref->id, cl->username) != 0){
+		chat__fail(&e, CHAT_E_FORBIDDEN, "only %s may publish %s's presence", ref->id, ref->id);
+		goto refused;
+	}
+	if(json__parse_object(payload, len, chat->cfg.max_payload, &root, &e) || json__only_fields(root, fields, &e)){
+		goto refused;
+	}
+	st = cJSON_GetObjectItemCaseSensitive(root, "state");
+	if(!cJSON_IsString(st) || (strcmp(st->valuestring, "online") && strcmp(st->valuestring, "offline"))){
+		chat__fail(&e, CHAT_E_INVALID_FIELD, "'state' must be \"online\" or \"offline\"");
+		goto refused;
+	}
+	online = !strcmp(st->valuestring, "online");
+	cJSON_Delete(root);
+
+	if(online){
+		presence__track(chat, cl->conn, cl->username);
+	}else if(!presence__untrack(chat, cl->conn, user) && presence__user_connected(chat, cl->username)){
+		online = true;       /* another device is still connected: still online */
+	}
+	if(presence__store(chat, cl->username, online, &ts) != STORE_OK) return CHAT_STORE_FAILED;
+	if(!online) typing__user_gone(chat, cl->username, out);
+	rw->payload = state_json(online, ts, &rw->len);
+	rw->retain = true;
+	return rw->payload ? CHAT_REWRITE : CHAT_STORE_FAILED;
+
+refused:
+	cJSON_Delete(root);
+	return message__refuse(chat, cl, &noconv, NULL, &e, out);
+}
+
+void presence__disconnect(struct chat *chat, const void *conn, struct chat_outbox *out)
+{
+	char user[CHAT_ID_MAX + 1];
+	uint64_t ts;
+
+	if(!presence__untrack(chat, conn, user)) return;
+	typing__user_gone(chat, user, out);
+	if(presence__store(chat, user, false, &ts) != STORE_OK) ts = chat->now_ms();
+	presence__publish(chat, user, false, ts, out);
+}
+
+struct startup_walk {
+	struct chat *chat;
+	struct chat_outbox *out;
+	char (*stale)[CHAT_ID_MAX + 1];
+	size_t nstale, cap;
+};
+
+static int startup_cb(void *ud, const char *user, bool online, uint64_t ts)
+{
+	struct startup_walk *w = ud;
+	if(online){
+		if(w->nstale == w->cap){
+			size_t cap = w->cap ? w->cap * 2 : 64;
+			void *grown = realloc(w->stale, cap * sizeof(*w->stale));
+			if(!grown) return 1;
+			w->stale = grown;
+			w->cap = cap;
+		}
+		snprintf(w->stale[w->nstale++], CHAT_ID_MAX + 1, "%s", user);
+		return 0;
+	}
+	presence__publish(w->chat, user, false, ts, w->out);
+	return 0;
+}
+
+void presence__startup(struct chat *chat, struct chat_outbox *out)
+{
+	struct startup_walk w = {chat, out, NULL, 0, 0};
+	struct store_txn *txn;
+	uint64_t now = chat->now_ms();
+
+	if(store__begin(chat->store, false, &txn) != STORE_OK) return;
+	store__presence_each(txn, startup_cb, &w);
+	store__abort(txn);
+	/* online at the last stop means the broker died: they are offline now */
+	if(w.nstale && store__begin(chat->store, true, &txn) == STORE_OK){
+		for(size_t i = 0; i < w.nstale; i++){
+			store__presence_put(txn, w.stale[i], false, now);
+		}
+		if(store__commit(txn) != STORE_OK) now = chat->now_ms();
+	}
+	for(size_t i = 0; i < w.nstale; i++){
+		presence__publish(chat, w.stale[i], false, now, out);
+	}
+	free(w.stale);
+}
