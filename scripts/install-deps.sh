@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 APT_PKGS=(build-essential cmake ninja-build pkg-config
 	mosquitto mosquitto-clients mosquitto-dev libmosquitto-dev
-	liblmdb-dev lmdb-utils libcjson-dev valgrind)
+	liblmdb-dev lmdb-utils libcjson-dev uthash-dev valgrind)
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
