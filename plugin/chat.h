@@ -311,7 +311,8 @@ bool presence__user_connected(const struct chat *chat, const char *user);
 /* A publish on {p}/p/{user}: validated and stamped into rw. */
 enum chat_verdict presence__handle(struct chat *chat, const struct chat_client *cl, const struct topic_ref *ref,
 		const void *payload, size_t len, struct chat_outbox *out, struct chat_rewrite *rw);
-/* May conn write this payload to its own presence topic? (Refuses wills.) */
+/* May this payload be written to one's own presence topic? Refuses
+ * "offline", the plugin's alone (and what wills say). */
 bool presence__may_write(struct chat *chat, const void *conn, const void *payload, size_t len);
 /* conn is gone: when it was its user's last device, publishes "offline". */
 void presence__disconnect(struct chat *chat, const void *conn, struct chat_outbox *out);

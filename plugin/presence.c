@@ -11,13 +11,13 @@
  * id, keeps a session take-over right: the new connection is a new device and
  * the old one's late DISCONNECT removes only the old one.
  *
- * A user is online while they have a connected device. The plugin stamps
- * every state with server time and owns the last word: when a user's last
- * device disconnects it publishes {"state":"offline","ts":now} itself.
- * Clients' Last Wills bypass the message hook, so they are refused in the
- * write ACL (an "offline" write from a connection that is no longer a device
- * is a will; see presence__may_write) — the plugin's own "offline" replaces
- * them, with server time, and never while another device is connected.
+ * A user is online while they have a connected device. Clients publish
+ * "online"; the plugin stamps it with server time. "offline" is the plugin's
+ * alone: when a user's last device disconnects it publishes
+ * {"state":"offline","ts":now} itself. Clients' Last Wills bypass the message
+ * hook, so every "offline" write is refused in the write ACL — a will, even on
+ * an MQTT session take-over, never says "offline" while another device is
+ * connected, and the final state always carries server time.
  * States are kept in LMDB: at start, every stored state is republished
  * retained, and a user stored as online (a broker that died) becomes offline.
  */
@@ -99,13 +99,6 @@ bool presence__user_connected(const struct chat *chat, const char *user)
 	return u != NULL;
 }
 
-static bool presence__conn_tracked(const struct chat *chat, const void *conn)
-{
-	struct device *d;
-	HASH_FIND_PTR(chat->devices, &conn, d);
-	return d != NULL;
-}
-
 void presence__free(struct chat *chat)
 {
 	struct device *d, *dt;
@@ -177,17 +170,17 @@ bool presence__may_write(struct chat *chat, const void *conn, const void *payloa
 {
 	cJSON *root;
 	const cJSON *st;
-	bool online;
+	bool offline;
 
-	if(presence__conn_tracked(chat, conn)) return true;
-	/* Not (or no longer) a device: only a first "online" may pass. Anything
-	 * else is a Last Will sent after the DISCONNECT event, or nonsense. */
-	if(len == 0 || len > 256) return false;
+	/* Only the "offline" state is refused here (wills come this way, past
+	 * the message hook); anything else goes on to the hook, which validates
+	 * it and answers a bad payload with a specific error. */
+	if(len == 0 || len > chat->cfg.max_payload) return true;
 	root = cJSON_ParseWithLength(payload, len);
 	st = cJSON_GetObjectItemCaseSensitive(root, "state");
-	online = cJSON_IsString(st) && !strcmp(st->valuestring, "online");
+	offline = cJSON_IsString(st) && !strcmp(st->valuestring, "offline");
 	cJSON_Delete(root);
-	return online;
+	return !offline;
 }
 
 enum chat_verdict presence__handle(struct chat *chat, const struct chat_client *cl, const struct topic_ref *ref,
@@ -196,10 +189,8 @@ enum chat_verdict presence__handle(struct chat *chat, const struct chat_client *
 	static const char *const fields[] = {"state", NULL};
 	struct topic_ref noconv = *ref;
 	struct chat_error e = {0};
-	char user[CHAT_ID_MAX + 1];
 	const cJSON *st;
 	cJSON *root = NULL;
-	bool online;
 	uint64_t ts;
 
 	noconv.id_valid = false;    /* the event carries no conversation */
@@ -211,21 +202,16 @@ enum chat_verdict presence__handle(struct chat *chat, const struct chat_client *
 		goto refused;
 	}
 	st = cJSON_GetObjectItemCaseSensitive(root, "state");
-	if(!cJSON_IsString(st) || (strcmp(st->valuestring, "online") && strcmp(st->valuestring, "offline"))){
-		chat__fail(&e, CHAT_E_INVALID_FIELD, "'state' must be \"online\" or \"offline\"");
+	if(!cJSON_IsString(st) || strcmp(st->valuestring, "online") != 0){
+		/* "offline" never gets here (the write ACL refuses it) */
+		chat__fail(&e, CHAT_E_INVALID_FIELD, "'state' must be \"online\" (going offline is the plugin's: disconnect)");
 		goto refused;
 	}
-	online = !strcmp(st->valuestring, "online");
 	cJSON_Delete(root);
 
-	if(online){
-		presence__track(chat, cl->conn, cl->username);
-	}else if(!presence__untrack(chat, cl->conn, user) && presence__user_connected(chat, cl->username)){
-		online = true;       /* another device is still connected: still online */
-	}
-	if(presence__store(chat, cl->username, online, &ts) != STORE_OK) return CHAT_STORE_FAILED;
-	if(!online) typing__user_gone(chat, cl->username, out);
-	rw->payload = state_json(online, ts, &rw->len);
+	presence__track(chat, cl->conn, cl->username);
+	if(presence__store(chat, cl->username, true, &ts) != STORE_OK) return CHAT_STORE_FAILED;
+	rw->payload = state_json(true, ts, &rw->len);
 	rw->retain = true;
 	return rw->payload ? CHAT_REWRITE : CHAT_STORE_FAILED;
 
