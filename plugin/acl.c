@@ -66,6 +66,11 @@ static enum chat_acl check_read(struct chat *chat, const char *user, bool observ
 		case TOPIC_USER_OUT:
 			if(observer) return CHAT_ACL_ALLOW;
 			return ref->id_valid && !strcmp(ref->id, user) ? CHAT_ACL_ALLOW : CHAT_ACL_DENY;
+		case TOPIC_PUSH_JOBS:
+			/* device tokens: the bridge's alone, not even observers */
+			return push__is_bridge(&chat->cfg, user) ? CHAT_ACL_ALLOW : CHAT_ACL_DENY;
+		case TOPIC_PUSH_ACK:
+			return CHAT_ACL_DENY;
 		case TOPIC_PRESENCE:
 			if(observer) return CHAT_ACL_ALLOW;
 			if(!ref->id_valid) return CHAT_ACL_DENY;
@@ -86,6 +91,8 @@ static enum chat_acl check_write(struct chat *chat, const void *conn, const char
 		case TOPIC_RECEIPT:
 		case TOPIC_REQ:
 			return CHAT_ACL_ALLOW;
+		case TOPIC_PUSH_ACK:
+			return push__is_bridge(&chat->cfg, user) ? CHAT_ACL_ALLOW : CHAT_ACL_DENY;
 		case TOPIC_PRESENCE:
 			if(!ref->id_valid || strcmp(ref->id, user) != 0) return CHAT_ACL_DENY;
 			return presence__may_write(chat, conn, payload, len) ? CHAT_ACL_ALLOW : CHAT_ACL_DENY;

@@ -30,6 +30,7 @@ int chat__open(struct chat **out, struct chat_config *cfg, char *err, size_t err
 	chat->cfg = *cfg;          /* the chat owns the config's memory from now on */
 	memset(cfg, 0, sizeof(*cfg));
 	chat->now_ms = json__now_ms;
+	chat->push_resend_all = true;   /* every job still in the outbox goes out again */
 	if(store__open(&chat->store, chat->cfg.db_path, chat->cfg.map_size, chat->cfg.fsync == CHAT_FSYNC_ALWAYS,
 				err, errlen) != STORE_OK){
 		chat__close(chat);
@@ -71,6 +72,8 @@ enum chat_verdict chat__handle_publish(struct chat *chat, const struct chat_clie
 			return receipt__handle(chat, cl, &ref, payload, len, out);
 		case TOPIC_PRESENCE:
 			return presence__handle(chat, cl, &ref, payload, len, out, rw);
+		case TOPIC_PUSH_ACK:
+			return push__ack(chat, cl, payload, len);
 		default:
 			/* the write ACL already refuses these; never let one through */
 			chat__fail(&e, CHAT_E_NOT_SUPPORTED, "nothing is served on this topic");
@@ -81,6 +84,7 @@ enum chat_verdict chat__handle_publish(struct chat *chat, const struct chat_clie
 void chat__tick(struct chat *chat, struct chat_outbox *out)
 {
 	if(chat->typing) typing__expire(chat, chat->now_ms(), out);
+	push__tick(chat, out);
 }
 
 void chat__disconnect(struct chat *chat, const void *conn, struct chat_outbox *out)

@@ -47,6 +47,12 @@ struct chat_config {
 	unsigned typing_ttl_ms;        /* a "typing" state expires this long after its last refresh */
 	char **observers;
 	size_t observer_count;
+	char **push_users;             /* who may read push jobs and write acks (the bridge) */
+	size_t push_user_count;
+	unsigned push_window_ms;       /* coalescing window per (user, conversation) */
+	unsigned push_retry_ms;        /* re-publish a job not acked within this */
+	bool push_preview;             /* message text in pushes at all */
+	unsigned push_max_devices;     /* push devices per user */
 };
 
 void config__defaults(struct chat_config *cfg);
@@ -74,6 +80,7 @@ enum chat_err {
 	CHAT_E_TOO_MANY_MEMBERS,
 	CHAT_E_INVALID_RESPONSE_TOPIC,
 	CHAT_E_NOT_SUPPORTED,
+	CHAT_E_TOO_MANY_DEVICES,
 	CHAT_E_STORE,   /* never sent: the commit failed, the client gets no ack */
 	CHAT_E_NOMEM,   /* never sent: treated like CHAT_E_STORE */
 };
@@ -117,6 +124,8 @@ enum topic_kind {
 	TOPIC_CONV_OUT,     /* {p}/c/{conv}/{x} */
 	TOPIC_USER_OUT,     /* {p}/u/{user}/{x...} */
 	TOPIC_PRESENCE,     /* {p}/p/{user} */
+	TOPIC_PUSH_JOBS,    /* {p}/push/jobs: plugin -> bridge */
+	TOPIC_PUSH_ACK,     /* {p}/push/ack: bridge -> plugin */
 	TOPIC_WILDCARD,     /* a filter with a wildcard where an id or kind goes */
 	TOPIC_OTHER,        /* anything else under the prefix */
 };
@@ -186,6 +195,8 @@ struct chat {
 	struct device_user *device_users;/* presence.c: users with >= 1 connected device */
 	const void *disconnecting;       /* presence.c: the connection whose will comes next */
 	struct typing_entry *typing;     /* typing.c: who is typing where */
+	bool push_resend_all;            /* push.c: re-publish every job (at start) */
+	uint64_t push_delivered, push_failed, push_unregistered;
 };
 
 /* Who published: the authenticated username (may be NULL) of one device. */
@@ -320,5 +331,24 @@ void presence__disconnect(struct chat *chat, const void *conn, struct chat_outbo
  * (from a broker that died) into "offline". */
 void presence__startup(struct chat *chat, struct chat_outbox *out);
 void presence__free(struct chat *chat);
+
+/* ======================================================================
+ * push.c — push devices, preferences and the durable push outbox
+ * ====================================================================== */
+
+bool push__enabled(const struct chat *chat);
+bool push__is_bridge(const struct chat_config *cfg, const char *user);
+/* In the transaction storing message seq of conv: jobs for offline members. */
+enum chat_err push__on_message(struct chat *chat, struct store_txn *txn, const char *conv, const struct store_conv *sc,
+		const char *from, uint64_t seq, const char *body, struct chat_error *e);
+/* Publishes jobs whose window ended, or whose ack is overdue. */
+void push__tick(struct chat *chat, struct chat_outbox *out);
+/* {p}/push/ack from the bridge. */
+enum chat_verdict push__ack(struct chat *chat, const struct chat_client *cl, const void *payload, size_t len);
+enum chat_err push__devices_register(struct chat *, struct store_txn *, const char *, const cJSON *, cJSON *, struct chat_outbox *, struct chat_error *);
+enum chat_err push__devices_unregister(struct chat *, struct store_txn *, const char *, const cJSON *, cJSON *, struct chat_outbox *, struct chat_error *);
+enum chat_err push__devices_list(struct chat *, struct store_txn *, const char *, const cJSON *, cJSON *, struct chat_outbox *, struct chat_error *);
+enum chat_err push__conv_mute(struct chat *, struct store_txn *, const char *, const cJSON *, cJSON *, struct chat_outbox *, struct chat_error *);
+enum chat_err push__conv_preview(struct chat *, struct store_txn *, const char *, const cJSON *, cJSON *, struct chat_outbox *, struct chat_error *);
 
 #endif

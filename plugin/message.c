@@ -239,6 +239,7 @@ enum chat_verdict message__send(struct chat *chat, const struct chat_client *cl,
 		chat__fail(&e, CHAT_E_STORE, "%s", store__last_error(chat->store));
 		goto store_failed;
 	}
+	if(push__on_message(chat, txn, ref->id, &sc, cl->username, seq, r.body, &e)) goto store_failed;
 	if(store__commit(txn) != STORE_OK){
 		txn = NULL;
 		chat__fail(&e, CHAT_E_STORE, "%s", store__last_error(chat->store));

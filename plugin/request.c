@@ -37,6 +37,11 @@ static const struct op_entry ops[] = {
 	{"history", history_op, false},
 	{"receipts.get", receipt__get, false},
 	{"receipts.counts", receipt__counts, false},
+	{"devices.register", push__devices_register, true},
+	{"devices.unregister", push__devices_unregister, true},
+	{"devices.list", push__devices_list, false},
+	{"conv.mute", push__conv_mute, true},
+	{"conv.preview", push__conv_preview, true},
 };
 
 static const struct op_entry *find_op(const char *name)
