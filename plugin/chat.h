@@ -20,6 +20,7 @@
 #define CHAT_ID_MAX 64          /* user, conv and cmid ids: 1..64 chars */
 #define CHAT_NAME_MAX 128       /* group name, in bytes of UTF-8 */
 #define CHAT_REQ_ID_MAX 64
+#define CHAT_CMID_ECHO_MAX 256  /* longest cmid string echoed in a send_failed event */
 
 /* ======================================================================
  * config.c — plugin_opt_* options
