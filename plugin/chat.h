@@ -46,6 +46,7 @@ struct chat_config {
 	unsigned typing_fanout_max;    /* groups larger than this get no typing events */
 	unsigned typing_interval_ms;   /* at most one "typing" fan-out per (user, conv) per interval */
 	unsigned typing_ttl_ms;        /* a "typing" state expires this long after its last refresh */
+	unsigned presence_grace_ms;    /* "offline" waits this long for a device to come back */
 	char **observers;
 	size_t observer_count;
 };
@@ -175,6 +176,7 @@ void outbox__clear(struct chat_outbox *ob);
 
 struct device;
 struct device_user;
+struct offline_pending;
 struct typing_entry;
 
 struct chat {
@@ -185,7 +187,7 @@ struct chat {
 	uint64_t refusals;
 	struct device *devices;          /* presence.c: connected devices by connection */
 	struct device_user *device_users;/* presence.c: users with >= 1 connected device */
-	const void *disconnecting;       /* presence.c: the connection whose will comes next */
+	struct offline_pending *offline_pending; /* presence.c: users whose last device just went */
 	struct typing_entry *typing;     /* typing.c: who is typing where */
 };
 
@@ -315,8 +317,11 @@ enum chat_verdict presence__handle(struct chat *chat, const struct chat_client *
 /* May this payload be written to one's own presence topic? Refuses
  * "offline", the plugin's alone (and what wills say). */
 bool presence__may_write(struct chat *chat, const void *conn, const void *payload, size_t len);
-/* conn is gone: when it was its user's last device, publishes "offline". */
+/* conn is gone: when it was its user's last device, "offline" is due after
+ * presence_grace_ms unless a device of the user turns up meanwhile. */
 void presence__disconnect(struct chat *chat, const void *conn, struct chat_outbox *out);
+/* Publishes the "offline" states that came due. */
+void presence__tick(struct chat *chat, struct chat_outbox *out);
 /* At start: republishes every stored presence, turning stale "online"
  * (from a broker that died) into "offline". */
 void presence__startup(struct chat *chat, struct chat_outbox *out);

@@ -29,6 +29,7 @@ void config__defaults(struct chat_config *cfg)
 	cfg->typing_fanout_max = 50;
 	cfg->typing_interval_ms = 2000;
 	cfg->typing_ttl_ms = 6000;
+	cfg->presence_grace_ms = 1500;
 }
 
 void config__free(struct chat_config *cfg)
@@ -184,6 +185,8 @@ int config__set(struct chat_config *cfg, const char *key, const char *value, cha
 		return set_uint(&cfg->typing_interval_ms, key, value, 0, 60000, err, errlen);
 	}else if(!strcasecmp(key, "typing_ttl_ms")){
 		return set_uint(&cfg->typing_ttl_ms, key, value, 1000, 600000, err, errlen);
+	}else if(!strcasecmp(key, "presence_grace_ms")){
+		return set_uint(&cfg->presence_grace_ms, key, value, 0, 600000, err, errlen);
 	}else if(!strcasecmp(key, "observers")){
 		return set_observers(cfg, value, err, errlen);
 	}
