@@ -84,6 +84,7 @@ enum chat_verdict chat__handle_publish(struct chat *chat, const struct chat_clie
 void chat__tick(struct chat *chat, struct chat_outbox *out)
 {
 	if(chat->typing) typing__expire(chat, chat->now_ms(), out);
+	if(chat->offline_pending) presence__tick(chat, out);
 	push__tick(chat, out);
 }
 

@@ -20,6 +20,7 @@
 #define CHAT_ID_MAX 64          /* user, conv and cmid ids: 1..64 chars */
 #define CHAT_NAME_MAX 128       /* group name, in bytes of UTF-8 */
 #define CHAT_REQ_ID_MAX 64
+#define CHAT_CMID_ECHO_MAX 256  /* longest cmid string echoed in a send_failed event */
 
 /* ======================================================================
  * config.c — plugin_opt_* options
@@ -45,6 +46,7 @@ struct chat_config {
 	unsigned typing_fanout_max;    /* groups larger than this get no typing events */
 	unsigned typing_interval_ms;   /* at most one "typing" fan-out per (user, conv) per interval */
 	unsigned typing_ttl_ms;        /* a "typing" state expires this long after its last refresh */
+	unsigned presence_grace_ms;    /* "offline" waits this long for a device to come back */
 	char **observers;
 	size_t observer_count;
 	char **push_users;             /* who may read push jobs and write acks (the bridge) */
@@ -183,6 +185,7 @@ void outbox__clear(struct chat_outbox *ob);
 
 struct device;
 struct device_user;
+struct offline_pending;
 struct typing_entry;
 
 struct chat {
@@ -193,7 +196,7 @@ struct chat {
 	uint64_t refusals;
 	struct device *devices;          /* presence.c: connected devices by connection */
 	struct device_user *device_users;/* presence.c: users with >= 1 connected device */
-	const void *disconnecting;       /* presence.c: the connection whose will comes next */
+	struct offline_pending *offline_pending; /* presence.c: users whose last device just went */
 	struct typing_entry *typing;     /* typing.c: who is typing where */
 	bool push_resend_all;            /* push.c: re-publish every job (at start) */
 	uint64_t push_delivered, push_failed, push_unregistered;
@@ -325,8 +328,11 @@ enum chat_verdict presence__handle(struct chat *chat, const struct chat_client *
 /* May this payload be written to one's own presence topic? Refuses
  * "offline", the plugin's alone (and what wills say). */
 bool presence__may_write(struct chat *chat, const void *conn, const void *payload, size_t len);
-/* conn is gone: when it was its user's last device, publishes "offline". */
+/* conn is gone: when it was its user's last device, "offline" is due after
+ * presence_grace_ms unless a device of the user turns up meanwhile. */
 void presence__disconnect(struct chat *chat, const void *conn, struct chat_outbox *out);
+/* Publishes the "offline" states that came due. */
+void presence__tick(struct chat *chat, struct chat_outbox *out);
 /* At start: republishes every stored presence, turning stale "online"
  * (from a broker that died) into "offline". */
 void presence__startup(struct chat *chat, struct chat_outbox *out);

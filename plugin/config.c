@@ -29,6 +29,7 @@ void config__defaults(struct chat_config *cfg)
 	cfg->typing_fanout_max = 50;
 	cfg->typing_interval_ms = 2000;
 	cfg->typing_ttl_ms = 6000;
+	cfg->presence_grace_ms = 1500;
 	cfg->push_window_ms = 2000;
 	cfg->push_retry_ms = 30000;
 	cfg->push_preview = true;
@@ -195,6 +196,8 @@ int config__set(struct chat_config *cfg, const char *key, const char *value, cha
 		return set_uint(&cfg->typing_interval_ms, key, value, 0, 60000, err, errlen);
 	}else if(!strcasecmp(key, "typing_ttl_ms")){
 		return set_uint(&cfg->typing_ttl_ms, key, value, 1000, 600000, err, errlen);
+	}else if(!strcasecmp(key, "presence_grace_ms")){
+		return set_uint(&cfg->presence_grace_ms, key, value, 0, 600000, err, errlen);
 	}else if(!strcasecmp(key, "observers")){
 		return set_user_list(&cfg->observers, &cfg->observer_count, key, value, err, errlen);
 	}else if(!strcasecmp(key, "push_users")){

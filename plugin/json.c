@@ -140,6 +140,7 @@ static bool has_nul_escape(const char *s, size_t len)
 enum chat_err json__parse_object(const void *payload, size_t len, size_t max, cJSON **out, struct chat_error *e)
 {
 	cJSON *root;
+	const char *end = NULL;
 
 	*out = NULL;
 	if(len > max){
@@ -154,9 +155,16 @@ enum chat_err json__parse_object(const void *payload, size_t len, size_t max, cJ
 	if(has_nul_escape(payload, len)){
 		return chat__fail(e, CHAT_E_INVALID_UTF8, "payload contains an escaped NUL character (\\u0000)");
 	}
-	root = cJSON_ParseWithLength(payload, len);
+	root = cJSON_ParseWithLengthOpts(payload, len, &end, false);
 	if(!root){
 		return chat__fail(e, CHAT_E_INVALID_JSON, "payload is not valid JSON");
+	}
+	/* one JSON value and nothing after it but whitespace */
+	for(const char *p = end; p < (const char *)payload + len; p++){
+		if(*p != ' ' && *p != '\t' && *p != '\r' && *p != '\n'){
+			cJSON_Delete(root);
+			return chat__fail(e, CHAT_E_INVALID_JSON, "payload has bytes after its JSON value");
+		}
 	}
 	if(!cJSON_IsObject(root)){
 		cJSON_Delete(root);
@@ -199,8 +207,8 @@ enum chat_err json__opt_int(const cJSON *obj, const char *name, int64_t min, int
 	double d;
 
 	*present = false;
-	if(!it || cJSON_IsNull(it)) return CHAT_E_OK;
-	if(!cJSON_IsNumber(it)){
+	if(!it) return CHAT_E_OK;
+	if(!cJSON_IsNumber(it)){   /* null too: absent is how a value is left out */
 		return chat__fail(e, CHAT_E_INVALID_FIELD, "'%s' must be an integer", name);
 	}
 	d = it->valuedouble;

@@ -196,8 +196,10 @@ enum chat_verdict message__send(struct chat *chat, const struct chat_client *cl,
 	enum chat_verdict v = CHAT_REFUSED;
 
 	if(json__parse_object(payload, len, chat->cfg.max_payload, &root, &e)) goto refused;
+	/* echo the cmid in a refusal whenever there is one to correlate with,
+	 * valid or not (bounded, and already known to be UTF-8) */
 	jc = cJSON_GetObjectItemCaseSensitive(root, "cmid");
-	if(cJSON_IsString(jc) && json__valid_cmid(jc->valuestring, strlen(jc->valuestring))) cmid = jc->valuestring;
+	if(cJSON_IsString(jc) && strlen(jc->valuestring) <= CHAT_CMID_ECHO_MAX) cmid = jc->valuestring;
 	if(!ref->id_valid){
 		chat__fail(&e, CHAT_E_INVALID_ID, "the conversation id in the topic is not a valid id");
 		goto refused;

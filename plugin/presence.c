@@ -14,7 +14,11 @@
  * A user is online while they have a connected device. Clients publish
  * "online"; the plugin stamps it with server time. "offline" is the plugin's
  * alone: when a user's last device disconnects it publishes
- * {"state":"offline","ts":now} itself. Clients' Last Wills bypass the message
+ * {"state":"offline","ts":<disconnect time>} itself — after presence_grace_ms,
+ * and only if no device of the user turned up meanwhile. The grace covers an
+ * MQTT session take-over, where mosquitto closes the old connection while it
+ * is still handling the new CONNECT, before the new device can do anything,
+ * and a phone that reconnects at once after a network change. Clients' Last Wills bypass the message
  * hook, so every "offline" write is refused in the write ACL — a will, even on
  * an MQTT session take-over, never says "offline" while another device is
  * connected, and the final state always carries server time.
@@ -41,6 +45,13 @@ struct device_user {
 	UT_hash_handle hh;
 };
 
+struct offline_pending {
+	char user[CHAT_ID_MAX + 1];
+	uint64_t since;      /* when the last device went: the "last seen" */
+	uint64_t due;        /* publish "offline" then, unless a device returns */
+	UT_hash_handle hh;
+};
+
 /* ====================================================================== *
  * The device table
  * ====================================================================== */
@@ -49,9 +60,15 @@ void presence__track(struct chat *chat, const void *conn, const char *user)
 {
 	struct device *d;
 	struct device_user *u;
+	struct offline_pending *p;
 
 	HASH_FIND_PTR(chat->devices, &conn, d);
 	if(d) return;
+	HASH_FIND_STR(chat->offline_pending, user, p);
+	if(p){   /* back within the grace period: they never went offline */
+		HASH_DEL(chat->offline_pending, p);
+		free(p);
+	}
 	d = calloc(1, sizeof(*d));
 	if(!d) return;
 	d->conn = conn;
@@ -103,6 +120,11 @@ void presence__free(struct chat *chat)
 {
 	struct device *d, *dt;
 	struct device_user *u, *ut;
+	struct offline_pending *p, *pt;
+	HASH_ITER(hh, chat->offline_pending, p, pt){
+		HASH_DEL(chat->offline_pending, p);
+		free(p);
+	}
 	HASH_ITER(hh, chat->devices, d, dt){
 		HASH_DEL(chat->devices, d);
 		free(d);
@@ -141,13 +163,13 @@ static void presence__publish(struct chat *chat, const char *user, bool online, 
 	if(outbox__add(out, topic, s, len, OUTBOX_ALL, false) == 0) out->last->retain = true;
 }
 
-/* Stores user's state; returns the state's ts (kept when the state is
- * unchanged, so "online since" survives a second device). */
-static int presence__store(struct chat *chat, const char *user, bool online, uint64_t *ts)
+/* Stores user's state as of now; returns the state's ts (kept when the
+ * state is unchanged, so "online since" survives a second device). */
+static int presence__store(struct chat *chat, const char *user, bool online, uint64_t now, uint64_t *ts)
 {
 	struct store_txn *txn;
 	bool was_online;
-	uint64_t since, now = chat->now_ms();
+	uint64_t since;
 	int rc;
 
 	if(store__begin(chat->store, true, &txn) != STORE_OK) return STORE_ERR;
@@ -210,7 +232,7 @@ enum chat_verdict presence__handle(struct chat *chat, const struct chat_client *
 	cJSON_Delete(root);
 
 	presence__track(chat, cl->conn, cl->username);
-	if(presence__store(chat, cl->username, true, &ts) != STORE_OK) return CHAT_STORE_FAILED;
+	if(presence__store(chat, cl->username, true, chat->now_ms(), &ts) != STORE_OK) return CHAT_STORE_FAILED;
 	rw->payload = state_json(true, ts, &rw->len);
 	rw->retain = true;
 	return rw->payload ? CHAT_REWRITE : CHAT_STORE_FAILED;
@@ -220,15 +242,50 @@ refused:
 	return message__refuse(chat, cl, &noconv, NULL, &e, out);
 }
 
+/* The user is offline since `since`: store, publish, end their typing. */
+static void presence__go_offline(struct chat *chat, const char *user, uint64_t since, struct chat_outbox *out)
+{
+	uint64_t ts;
+	typing__user_gone(chat, user, out);
+	if(presence__store(chat, user, false, since, &ts) != STORE_OK) ts = since;
+	presence__publish(chat, user, false, ts, out);
+}
+
 void presence__disconnect(struct chat *chat, const void *conn, struct chat_outbox *out)
 {
 	char user[CHAT_ID_MAX + 1];
-	uint64_t ts;
+	struct offline_pending *p;
+	uint64_t now = chat->now_ms();
 
 	if(!presence__untrack(chat, conn, user)) return;
-	typing__user_gone(chat, user, out);
-	if(presence__store(chat, user, false, &ts) != STORE_OK) ts = chat->now_ms();
-	presence__publish(chat, user, false, ts, out);
+	if(chat->cfg.presence_grace_ms == 0){
+		presence__go_offline(chat, user, now, out);
+		return;
+	}
+	HASH_FIND_STR(chat->offline_pending, user, p);
+	if(!p){
+		p = calloc(1, sizeof(*p));
+		if(!p){
+			presence__go_offline(chat, user, now, out);
+			return;
+		}
+		snprintf(p->user, sizeof(p->user), "%s", user);
+		HASH_ADD_STR(chat->offline_pending, user, p);
+	}
+	p->since = now;
+	p->due = now + chat->cfg.presence_grace_ms;
+}
+
+void presence__tick(struct chat *chat, struct chat_outbox *out)
+{
+	struct offline_pending *p, *tmp;
+	uint64_t now = chat->now_ms();
+	HASH_ITER(hh, chat->offline_pending, p, tmp){
+		if(now < p->due) continue;
+		HASH_DEL(chat->offline_pending, p);
+		presence__go_offline(chat, p->user, p->since, out);
+		free(p);
+	}
 }
 
 struct startup_walk {

@@ -167,8 +167,33 @@ int main(void)
 	chat__disconnect(chat, conn(5), &out);
 	CHECK_EQ_INT(out.count, 0);              /* device 6 is still connected */
 	chat__disconnect(chat, conn(6), &out);
+	CHECK_EQ_INT(out.count, 0);              /* the grace period runs */
+	fake_now += 1000;
+	chat__tick(chat, &out);
+	CHECK_EQ_INT(out.count, 0);
+	fake_now += 500;
+	chat__tick(chat, &out);
 	CHECK_EQ_INT(out.count, 1);
-	CHECK(out.head && out.head->retain && !strcmp(out.head->topic, "chat/p/dan") && strstr(out.head->payload, "offline"));
+	/* last seen is when the device went, not when the grace ended */
+	snprintf(buf, sizeof(buf), "\"ts\":%llu", (unsigned long long)(fake_now - 1500));
+	CHECK(out.head && out.head->retain && !strcmp(out.head->topic, "chat/p/dan") && strstr(out.head->payload, "offline")
+			&& strstr(out.head->payload, buf));
+	outbox__clear(&out);
+	/* a device that returns within the grace period: no offline at all */
+	memset(&rw, 0, sizeof(rw));
+	pub("dan", 7, "chat/p/dan", "{\"state\":\"online\"}", "", NULL, NULL, &rw);
+	free(rw.payload);
+	chat__disconnect(chat, conn(7), &out);
+	fake_now += 100;
+	pub("dan", 8, "chat/u/dan/x", "{}", "", NULL, NULL, NULL);   /* the take-over's new connection acts */
+	fake_now += 5000;
+	chat__tick(chat, &out);
+	CHECK_EQ_INT(out.count, 0);
+	CHECK(presence__user_connected(chat, "dan"));
+	chat__disconnect(chat, conn(8), &out);
+	fake_now += 2000;
+	chat__tick(chat, &out);
+	CHECK_EQ_INT(out.count, 1);
 	outbox__clear(&out);
 	CHECK(!presence__user_connected(chat, "dan"));
 	chat__disconnect(chat, conn(6), &out);   /* a second DISCONNECT for it: nothing */
