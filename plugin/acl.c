@@ -71,6 +71,8 @@ static enum chat_acl check_read(struct chat *chat, const char *user, bool observ
 			return push__is_bridge(&chat->cfg, user) ? CHAT_ACL_ALLOW : CHAT_ACL_DENY;
 		case TOPIC_PUSH_ACK:
 			return CHAT_ACL_DENY;
+		case TOPIC_PUSH_STATUS:
+			return observer || push__is_bridge(&chat->cfg, user) ? CHAT_ACL_ALLOW : CHAT_ACL_DENY;
 		case TOPIC_PRESENCE:
 			if(observer) return CHAT_ACL_ALLOW;
 			if(!ref->id_valid) return CHAT_ACL_DENY;
@@ -92,6 +94,7 @@ static enum chat_acl check_write(struct chat *chat, const void *conn, const char
 		case TOPIC_REQ:
 			return CHAT_ACL_ALLOW;
 		case TOPIC_PUSH_ACK:
+		case TOPIC_PUSH_STATUS:
 			return push__is_bridge(&chat->cfg, user) ? CHAT_ACL_ALLOW : CHAT_ACL_DENY;
 		case TOPIC_PRESENCE:
 			if(!ref->id_valid || strcmp(ref->id, user) != 0) return CHAT_ACL_DENY;
@@ -127,6 +130,9 @@ enum chat_acl acl__check(struct chat *chat, const void *conn, const char *userna
 		case CHAT_ACCESS_SUBSCRIBE:
 			/* subscribing is a chat action of a connected device (presence.c) */
 			if(conn) presence__track(chat, conn, username);
+			/* a bridge (re)subscribing gets the jobs it was sent and may have
+			 * lost at once, not after push_retry_ms */
+			if(ref.kind == TOPIC_PUSH_JOBS && push__is_bridge(&chat->cfg, username)) chat->push_resend_all = true;
 			/* fall through */
 		case CHAT_ACCESS_READ:
 			if(ref.kind == TOPIC_WILDCARD || ref.kind == TOPIC_OTHER){

@@ -74,6 +74,8 @@ enum chat_verdict chat__handle_publish(struct chat *chat, const struct chat_clie
 			return presence__handle(chat, cl, &ref, payload, len, out, rw);
 		case TOPIC_PUSH_ACK:
 			return push__ack(chat, cl, payload, len);
+		case TOPIC_PUSH_STATUS:
+			return CHAT_PASS;   /* the bridge's retained counters, routed as published */
 		default:
 			/* the write ACL already refuses these; never let one through */
 			chat__fail(&e, CHAT_E_NOT_SUPPORTED, "nothing is served on this topic");

@@ -128,6 +128,7 @@ enum topic_kind {
 	TOPIC_PRESENCE,     /* {p}/p/{user} */
 	TOPIC_PUSH_JOBS,    /* {p}/push/jobs: plugin -> bridge */
 	TOPIC_PUSH_ACK,     /* {p}/push/ack: bridge -> plugin */
+	TOPIC_PUSH_STATUS,  /* {p}/push/status: the bridge's retained counters */
 	TOPIC_WILDCARD,     /* a filter with a wildcard where an id or kind goes */
 	TOPIC_OTHER,        /* anything else under the prefix */
 };

@@ -216,7 +216,9 @@ struct due_walk {
 static int due_cb(void *ud, uint64_t id, uint64_t due, uint64_t sent, const char *json, size_t len)
 {
 	struct due_walk *w = ud;
-	bool is_due = w->all || (sent == 0 ? w->now >= due : w->now - sent >= w->retry);
+	/* a job still collecting keeps its window; a sent one goes again when
+	 * its ack is overdue, or at once after a start or a bridge resubscribe */
+	bool is_due = sent == 0 ? w->now >= due : (w->all || w->now - sent >= w->retry);
 	if(!is_due) return 0;
 	w->jobs[w->n].id = id;
 	w->jobs[w->n].due = due;
