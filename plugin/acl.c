@@ -66,6 +66,13 @@ static enum chat_acl check_read(struct chat *chat, const char *user, bool observ
 		case TOPIC_USER_OUT:
 			if(observer) return CHAT_ACL_ALLOW;
 			return ref->id_valid && !strcmp(ref->id, user) ? CHAT_ACL_ALLOW : CHAT_ACL_DENY;
+		case TOPIC_PUSH_JOBS:
+			/* device tokens: the bridge's alone, not even observers */
+			return push__is_bridge(&chat->cfg, user) ? CHAT_ACL_ALLOW : CHAT_ACL_DENY;
+		case TOPIC_PUSH_ACK:
+			return CHAT_ACL_DENY;
+		case TOPIC_PUSH_STATUS:
+			return observer || push__is_bridge(&chat->cfg, user) ? CHAT_ACL_ALLOW : CHAT_ACL_DENY;
 		case TOPIC_PRESENCE:
 			if(observer) return CHAT_ACL_ALLOW;
 			if(!ref->id_valid) return CHAT_ACL_DENY;
@@ -76,7 +83,8 @@ static enum chat_acl check_read(struct chat *chat, const char *user, bool observ
 	}
 }
 
-static enum chat_acl check_write(const char *user, bool observer, const struct topic_ref *ref)
+static enum chat_acl check_write(struct chat *chat, const void *conn, const char *user, bool observer,
+		const struct topic_ref *ref, const void *payload, size_t len)
 {
 	if(observer) return CHAT_ACL_DENY;
 	switch(ref->kind){
@@ -85,14 +93,19 @@ static enum chat_acl check_write(const char *user, bool observer, const struct t
 		case TOPIC_RECEIPT:
 		case TOPIC_REQ:
 			return CHAT_ACL_ALLOW;
+		case TOPIC_PUSH_ACK:
+		case TOPIC_PUSH_STATUS:
+			return push__is_bridge(&chat->cfg, user) ? CHAT_ACL_ALLOW : CHAT_ACL_DENY;
 		case TOPIC_PRESENCE:
-			return ref->id_valid && !strcmp(ref->id, user) ? CHAT_ACL_ALLOW : CHAT_ACL_DENY;
+			if(!ref->id_valid || strcmp(ref->id, user) != 0) return CHAT_ACL_DENY;
+			return presence__may_write(chat, conn, payload, len) ? CHAT_ACL_ALLOW : CHAT_ACL_DENY;
 		default:
 			return CHAT_ACL_DENY;   /* outbound topics are the plugin's alone */
 	}
 }
 
-enum chat_acl acl__check(struct chat *chat, const char *username, enum chat_access access, const char *topic)
+enum chat_acl acl__check(struct chat *chat, const void *conn, const char *username, enum chat_access access,
+		const char *topic, const void *payload, size_t len)
 {
 	struct topic_ref ref;
 	bool leading_wildcard, observer, named;
@@ -113,9 +126,15 @@ enum chat_acl acl__check(struct chat *chat, const char *username, enum chat_acce
 
 	switch(access){
 		case CHAT_ACCESS_WRITE:
-			return check_write(username, observer, &ref);
-		case CHAT_ACCESS_READ:
+			return check_write(chat, conn, username, observer, &ref, payload, len);
 		case CHAT_ACCESS_SUBSCRIBE:
+			/* subscribing is a chat action of a connected device (presence.c) */
+			if(conn) presence__track(chat, conn, username);
+			/* a bridge (re)subscribing gets the jobs it was sent and may have
+			 * lost at once, not after push_retry_ms */
+			if(ref.kind == TOPIC_PUSH_JOBS && push__is_bridge(&chat->cfg, username)) chat->push_resend_all = true;
+			/* fall through */
+		case CHAT_ACCESS_READ:
 			if(ref.kind == TOPIC_WILDCARD || ref.kind == TOPIC_OTHER){
 				return observer ? CHAT_ACL_ALLOW : CHAT_ACL_DENY;
 			}

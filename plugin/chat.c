@@ -30,8 +30,9 @@ int chat__open(struct chat **out, struct chat_config *cfg, char *err, size_t err
 	chat->cfg = *cfg;          /* the chat owns the config's memory from now on */
 	memset(cfg, 0, sizeof(*cfg));
 	chat->now_ms = json__now_ms;
+	chat->push_resend_all = true;   /* every job still in the outbox goes out again */
 	if(store__open(&chat->store, chat->cfg.db_path, chat->cfg.map_size, chat->cfg.fsync == CHAT_FSYNC_ALWAYS,
-				err, errlen) != STORE_OK){
+				chat->cfg.sync_interval_ms, err, errlen) != STORE_OK){
 		chat__close(chat);
 		return -1;
 	}
@@ -42,20 +43,23 @@ int chat__open(struct chat **out, struct chat_config *cfg, char *err, size_t err
 void chat__close(struct chat *chat)
 {
 	if(!chat) return;
+	typing__free(chat);
+	presence__free(chat);
 	store__close(chat->store);
 	config__free(&chat->cfg);
 	free(chat);
 }
 
 enum chat_verdict chat__handle_publish(struct chat *chat, const struct chat_client *cl, const char *topic,
-		const void *payload, size_t len, struct chat_outbox *out)
+		const void *payload, size_t len, struct chat_outbox *out, struct chat_rewrite *rw)
 {
 	struct topic_ref ref;
 	struct chat_error e;
 
 	topic__parse(&chat->cfg, topic, &ref, NULL);
-	if(ref.kind == TOPIC_OUTSIDE || ref.kind == TOPIC_PRESENCE) return CHAT_PASS;
+	if(ref.kind == TOPIC_OUTSIDE) return CHAT_PASS;
 	if(!cl->username || !json__valid_id(cl->username, strlen(cl->username))) return CHAT_REFUSED;
+	if(ref.kind != TOPIC_PRESENCE) presence__track(chat, cl->conn, cl->username);
 
 	switch(ref.kind){
 		case TOPIC_SEND:
@@ -63,12 +67,30 @@ enum chat_verdict chat__handle_publish(struct chat *chat, const struct chat_clie
 		case TOPIC_REQ:
 			return request__handle(chat, cl, payload, len, out);
 		case TOPIC_TYPING:
+			return typing__handle(chat, cl, &ref, payload, len, out);
 		case TOPIC_RECEIPT:
-			chat__fail(&e, CHAT_E_NOT_SUPPORTED, "typing and receipts are not served yet");
-			return message__refuse(chat, cl, &ref, NULL, &e, out);
+			return receipt__handle(chat, cl, &ref, payload, len, out);
+		case TOPIC_PRESENCE:
+			return presence__handle(chat, cl, &ref, payload, len, out, rw);
+		case TOPIC_PUSH_ACK:
+			return push__ack(chat, cl, payload, len);
+		case TOPIC_PUSH_STATUS:
+			return CHAT_PASS;   /* the bridge's retained counters, routed as published */
 		default:
 			/* the write ACL already refuses these; never let one through */
 			chat__fail(&e, CHAT_E_NOT_SUPPORTED, "nothing is served on this topic");
 			return message__refuse(chat, cl, &ref, NULL, &e, out);
 	}
+}
+
+void chat__tick(struct chat *chat, struct chat_outbox *out)
+{
+	if(chat->typing) typing__expire(chat, chat->now_ms(), out);
+	if(chat->offline_pending) presence__tick(chat, out);
+	push__tick(chat, out);
+}
+
+void chat__disconnect(struct chat *chat, const void *conn, struct chat_outbox *out)
+{
+	presence__disconnect(chat, conn, out);
 }

@@ -42,8 +42,19 @@ struct chat_config {
 	unsigned max_body;
 	unsigned max_payload;
 	unsigned history_limit;
+	unsigned receipt_fanout_max;   /* groups larger than this store receipts, don't fan out */
+	unsigned typing_fanout_max;    /* groups larger than this get no typing events */
+	unsigned typing_interval_ms;   /* at most one "typing" fan-out per (user, conv) per interval */
+	unsigned typing_ttl_ms;        /* a "typing" state expires this long after its last refresh */
+	unsigned presence_grace_ms;    /* "offline" waits this long for a device to come back */
 	char **observers;
 	size_t observer_count;
+	char **push_users;             /* who may read push jobs and write acks (the bridge) */
+	size_t push_user_count;
+	unsigned push_window_ms;       /* coalescing window per (user, conversation) */
+	unsigned push_retry_ms;        /* re-publish a job not acked within this */
+	bool push_preview;             /* message text in pushes at all */
+	unsigned push_max_devices;     /* push devices per user */
 };
 
 void config__defaults(struct chat_config *cfg);
@@ -71,6 +82,7 @@ enum chat_err {
 	CHAT_E_TOO_MANY_MEMBERS,
 	CHAT_E_INVALID_RESPONSE_TOPIC,
 	CHAT_E_NOT_SUPPORTED,
+	CHAT_E_TOO_MANY_DEVICES,
 	CHAT_E_STORE,   /* never sent: the commit failed, the client gets no ack */
 	CHAT_E_NOMEM,   /* never sent: treated like CHAT_E_STORE */
 };
@@ -114,6 +126,9 @@ enum topic_kind {
 	TOPIC_CONV_OUT,     /* {p}/c/{conv}/{x} */
 	TOPIC_USER_OUT,     /* {p}/u/{user}/{x...} */
 	TOPIC_PRESENCE,     /* {p}/p/{user} */
+	TOPIC_PUSH_JOBS,    /* {p}/push/jobs: plugin -> bridge */
+	TOPIC_PUSH_ACK,     /* {p}/push/ack: bridge -> plugin */
+	TOPIC_PUSH_STATUS,  /* {p}/push/status: the bridge's retained counters */
 	TOPIC_WILDCARD,     /* a filter with a wildcard where an id or kind goes */
 	TOPIC_OTHER,        /* anything else under the prefix */
 };
@@ -147,11 +162,14 @@ struct outbox_pub {
 	size_t len;
 	enum outbox_target target;
 	bool correlate;     /* attach the request's correlation data (MQTT 5) */
+	int qos;            /* 1 unless set otherwise */
+	bool retain;
 };
 
 struct chat_outbox {
 	struct outbox_pub *head;
 	struct outbox_pub **tail;
+	struct outbox_pub *last;   /* the entry added last, to adjust qos/retain */
 	size_t count;
 };
 
@@ -166,16 +184,28 @@ void outbox__clear(struct chat_outbox *ob);
  * The core's state and entry points (acl.c, message.c, request.c)
  * ====================================================================== */
 
+struct device;
+struct device_user;
+struct offline_pending;
+struct typing_entry;
+
 struct chat {
 	struct chat_config cfg;
 	struct store *store;
 	uint64_t (*now_ms)(void);   /* server clock, replaceable by tests */
 	uint64_t stored_msgs;       /* counters, for logs and later stats */
 	uint64_t refusals;
+	struct device *devices;          /* presence.c: connected devices by connection */
+	struct device_user *device_users;/* presence.c: users with >= 1 connected device */
+	struct offline_pending *offline_pending; /* presence.c: users whose last device just went */
+	struct typing_entry *typing;     /* typing.c: who is typing where */
+	bool push_resend_all;            /* push.c: re-publish every job (at start) */
+	uint64_t push_delivered, push_failed, push_unregistered;
 };
 
 /* Who published: the authenticated username (may be NULL) of one device. */
 struct chat_client {
+	const void *conn;                /* the broker's connection, an opaque key */
 	const char *username;
 	const char *client_id;
 	int protocol_version;            /* 3, 4 or 5 */
@@ -188,6 +218,13 @@ enum chat_verdict {
 	CHAT_CONSUMED,      /* handled; the inbound copy goes nowhere */
 	CHAT_REFUSED,       /* refuse the publish (MQTT 5: PUBACK 0x87) */
 	CHAT_STORE_FAILED,  /* commit failed: no PUBACK, drop the connection */
+	CHAT_REWRITE,       /* route it with the payload (and retain flag) in chat_rewrite */
+};
+
+struct chat_rewrite {
+	char *payload;      /* malloc'ed; the adapter takes it */
+	size_t len;
+	bool retain;
 };
 
 enum chat_access {
@@ -206,12 +243,18 @@ enum chat_acl {
 int chat__open(struct chat **out, struct chat_config *cfg, char *err, size_t errlen);
 void chat__close(struct chat *chat);
 
-/* acl.c */
-enum chat_acl acl__check(struct chat *chat, const char *username, enum chat_access access, const char *topic);
+/* acl.c. conn, payload and len matter for writes to the presence topic. */
+enum chat_acl acl__check(struct chat *chat, const void *conn, const char *username, enum chat_access access,
+		const char *topic, const void *payload, size_t len);
 
-/* message.c, request.c: the message hook's work for one inbound publish. */
+/* chat.c: the message hook's work for one inbound publish; rw is filled when
+ * the verdict is CHAT_REWRITE. */
 enum chat_verdict chat__handle_publish(struct chat *chat, const struct chat_client *cl, const char *topic,
-		const void *payload, size_t len, struct chat_outbox *out);
+		const void *payload, size_t len, struct chat_outbox *out, struct chat_rewrite *rw);
+/* chat.c: periodic work (typing expiry). */
+void chat__tick(struct chat *chat, struct chat_outbox *out);
+/* chat.c: a connection ended (clean or not). */
+void chat__disconnect(struct chat *chat, const void *conn, struct chat_outbox *out);
 
 enum chat_verdict message__send(struct chat *chat, const struct chat_client *cl, const struct topic_ref *ref,
 		const void *payload, size_t len, struct chat_outbox *out);
@@ -249,5 +292,70 @@ enum chat_err conv__members_remove(struct chat *, struct store_txn *, const char
 /* Loads conv and checks user is a member; role receives 'a' or 'm'. */
 enum chat_err conv__require_member(struct store_txn *txn, const char *conv, const char *user,
 		struct store_conv *sc, char *role, struct chat_error *e);
+
+/* ======================================================================
+ * receipt.c — delivered/read cursors
+ * ====================================================================== */
+
+enum chat_verdict receipt__handle(struct chat *chat, const struct chat_client *cl, const struct topic_ref *ref,
+		const void *payload, size_t len, struct chat_outbox *out);
+/* The sender has read what they sent: moves their cursors to seq in txn. */
+int receipt__on_send(struct store_txn *txn, const char *conv, const char *user, uint64_t seq);
+enum chat_err receipt__get(struct chat *, struct store_txn *, const char *, const cJSON *, cJSON *, struct chat_outbox *, struct chat_error *);
+enum chat_err receipt__counts(struct chat *, struct store_txn *, const char *, const cJSON *, cJSON *, struct chat_outbox *, struct chat_error *);
+
+/* ======================================================================
+ * typing.c — typing indicators (memory only)
+ * ====================================================================== */
+
+enum chat_verdict typing__handle(struct chat *chat, const struct chat_client *cl, const struct topic_ref *ref,
+		const void *payload, size_t len, struct chat_outbox *out);
+/* Publishes "idle" for every typing state past its ttl. */
+void typing__expire(struct chat *chat, uint64_t now, struct chat_outbox *out);
+/* Publishes "idle" for every conversation user was typing in. */
+void typing__user_gone(struct chat *chat, const char *user, struct chat_outbox *out);
+void typing__free(struct chat *chat);
+
+/* ======================================================================
+ * presence.c — connected devices and the retained presence topic
+ * ====================================================================== */
+
+/* Notes that conn (a device of user) is connected. */
+void presence__track(struct chat *chat, const void *conn, const char *user);
+bool presence__user_connected(const struct chat *chat, const char *user);
+/* A publish on {p}/p/{user}: validated and stamped into rw. */
+enum chat_verdict presence__handle(struct chat *chat, const struct chat_client *cl, const struct topic_ref *ref,
+		const void *payload, size_t len, struct chat_outbox *out, struct chat_rewrite *rw);
+/* May this payload be written to one's own presence topic? Refuses
+ * "offline", the plugin's alone (and what wills say). */
+bool presence__may_write(struct chat *chat, const void *conn, const void *payload, size_t len);
+/* conn is gone: when it was its user's last device, "offline" is due after
+ * presence_grace_ms unless a device of the user turns up meanwhile. */
+void presence__disconnect(struct chat *chat, const void *conn, struct chat_outbox *out);
+/* Publishes the "offline" states that came due. */
+void presence__tick(struct chat *chat, struct chat_outbox *out);
+/* At start: republishes every stored presence, turning stale "online"
+ * (from a broker that died) into "offline". */
+void presence__startup(struct chat *chat, struct chat_outbox *out);
+void presence__free(struct chat *chat);
+
+/* ======================================================================
+ * push.c — push devices, preferences and the durable push outbox
+ * ====================================================================== */
+
+bool push__enabled(const struct chat *chat);
+bool push__is_bridge(const struct chat_config *cfg, const char *user);
+/* In the transaction storing message seq of conv: jobs for offline members. */
+enum chat_err push__on_message(struct chat *chat, struct store_txn *txn, const char *conv, const struct store_conv *sc,
+		const char *from, uint64_t seq, const char *body, struct chat_error *e);
+/* Publishes jobs whose window ended, or whose ack is overdue. */
+void push__tick(struct chat *chat, struct chat_outbox *out);
+/* {p}/push/ack from the bridge. */
+enum chat_verdict push__ack(struct chat *chat, const struct chat_client *cl, const void *payload, size_t len);
+enum chat_err push__devices_register(struct chat *, struct store_txn *, const char *, const cJSON *, cJSON *, struct chat_outbox *, struct chat_error *);
+enum chat_err push__devices_unregister(struct chat *, struct store_txn *, const char *, const cJSON *, cJSON *, struct chat_outbox *, struct chat_error *);
+enum chat_err push__devices_list(struct chat *, struct store_txn *, const char *, const cJSON *, cJSON *, struct chat_outbox *, struct chat_error *);
+enum chat_err push__conv_mute(struct chat *, struct store_txn *, const char *, const cJSON *, cJSON *, struct chat_outbox *, struct chat_error *);
+enum chat_err push__conv_preview(struct chat *, struct store_txn *, const char *, const cJSON *, cJSON *, struct chat_outbox *, struct chat_error *);
 
 #endif

@@ -25,6 +25,15 @@ void config__defaults(struct chat_config *cfg)
 	cfg->max_body = 16 * 1024;
 	cfg->max_payload = 64 * 1024;
 	cfg->history_limit = 200;
+	cfg->receipt_fanout_max = 50;
+	cfg->typing_fanout_max = 50;
+	cfg->typing_interval_ms = 2000;
+	cfg->typing_ttl_ms = 6000;
+	cfg->presence_grace_ms = 1500;
+	cfg->push_window_ms = 2000;
+	cfg->push_retry_ms = 30000;
+	cfg->push_preview = true;
+	cfg->push_max_devices = 10;
 }
 
 void config__free(struct chat_config *cfg)
@@ -33,10 +42,16 @@ void config__free(struct chat_config *cfg)
 	for(size_t i = 0; i < cfg->observer_count; i++){
 		free(cfg->observers[i]);
 	}
+	for(size_t i = 0; i < cfg->push_user_count; i++){
+		free(cfg->push_users[i]);
+	}
 	free(cfg->observers);
+	free(cfg->push_users);
 	cfg->db_path = NULL;
 	cfg->observers = NULL;
 	cfg->observer_count = 0;
+	cfg->push_users = NULL;
+	cfg->push_user_count = 0;
 }
 
 bool config__is_observer(const struct chat_config *cfg, const char *user)
@@ -90,7 +105,8 @@ static int set_uint(unsigned *field, const char *key, const char *value, unsigne
 	return 0;
 }
 
-static int set_observers(struct chat_config *cfg, const char *value, char *err, size_t errlen)
+/* Appends the comma/space separated user names of value to *list. */
+static int set_user_list(char ***list, size_t *count, const char *key, const char *value, char *err, size_t errlen)
 {
 	char *copy = strdup(value), *save = NULL, *tok;
 	int rc = 0;
@@ -102,20 +118,20 @@ static int set_observers(struct chat_config *cfg, const char *value, char *err, 
 	for(tok = strtok_r(copy, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save)){
 		char **grown;
 		if(!json__valid_id(tok, strlen(tok))){
-			snprintf(err, errlen, "plugin_opt_observers: '%s' is not a valid user name "
-					"(1-64 of A-Z a-z 0-9 _ . @ -)", tok);
+			snprintf(err, errlen, "plugin_opt_%s: '%s' is not a valid user name "
+					"(1-64 of A-Z a-z 0-9 _ . @ -)", key, tok);
 			rc = -1;
 			break;
 		}
-		grown = realloc(cfg->observers, (cfg->observer_count + 1) * sizeof(char *));
-		if(!grown || !(grown[cfg->observer_count] = strdup(tok))){
-			if(grown) cfg->observers = grown;
+		grown = realloc(*list, (*count + 1) * sizeof(char *));
+		if(!grown || !(grown[*count] = strdup(tok))){
+			if(grown) *list = grown;
 			snprintf(err, errlen, "out of memory");
 			rc = -1;
 			break;
 		}
-		cfg->observers = grown;
-		cfg->observer_count++;
+		*list = grown;
+		(*count)++;
 	}
 	free(copy);
 	return rc;
@@ -172,8 +188,36 @@ int config__set(struct chat_config *cfg, const char *key, const char *value, cha
 		return set_uint(&cfg->max_payload, key, value, 256, 256 * 1024 * 1024, err, errlen);
 	}else if(!strcasecmp(key, "history_limit")){
 		return set_uint(&cfg->history_limit, key, value, 1, 10000, err, errlen);
+	}else if(!strcasecmp(key, "receipt_fanout_max")){
+		return set_uint(&cfg->receipt_fanout_max, key, value, 0, 100000, err, errlen);
+	}else if(!strcasecmp(key, "typing_fanout_max")){
+		return set_uint(&cfg->typing_fanout_max, key, value, 0, 100000, err, errlen);
+	}else if(!strcasecmp(key, "typing_interval_ms")){
+		return set_uint(&cfg->typing_interval_ms, key, value, 0, 60000, err, errlen);
+	}else if(!strcasecmp(key, "typing_ttl_ms")){
+		return set_uint(&cfg->typing_ttl_ms, key, value, 1000, 600000, err, errlen);
+	}else if(!strcasecmp(key, "presence_grace_ms")){
+		return set_uint(&cfg->presence_grace_ms, key, value, 0, 600000, err, errlen);
 	}else if(!strcasecmp(key, "observers")){
-		return set_observers(cfg, value, err, errlen);
+		return set_user_list(&cfg->observers, &cfg->observer_count, key, value, err, errlen);
+	}else if(!strcasecmp(key, "push_users")){
+		return set_user_list(&cfg->push_users, &cfg->push_user_count, key, value, err, errlen);
+	}else if(!strcasecmp(key, "push_window_ms")){
+		return set_uint(&cfg->push_window_ms, key, value, 0, 3600 * 1000, err, errlen);
+	}else if(!strcasecmp(key, "push_retry_ms")){
+		return set_uint(&cfg->push_retry_ms, key, value, 1000, 24 * 3600 * 1000, err, errlen);
+	}else if(!strcasecmp(key, "push_max_devices")){
+		return set_uint(&cfg->push_max_devices, key, value, 1, 1000, err, errlen);
+	}else if(!strcasecmp(key, "push_preview")){
+		if(!strcasecmp(value, "on")){
+			cfg->push_preview = true;
+		}else if(!strcasecmp(value, "off")){
+			cfg->push_preview = false;
+		}else{
+			snprintf(err, errlen, "plugin_opt_push_preview: '%s' is neither 'on' nor 'off'", value);
+			return -1;
+		}
+		return 0;
 	}
 	snprintf(err, errlen, "unknown option plugin_opt_%s", key);
 	return -1;

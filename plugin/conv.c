@@ -321,6 +321,7 @@ enum chat_err conv__create(struct chat *chat, struct store_txn *txn, const char 
 
 struct list_walk {
 	struct store_txn *txn;
+	const char *user;
 	cJSON *arr;
 	bool nomem;
 };
@@ -338,13 +339,16 @@ static int list_cb(void *ud, const char *conv)
 		w->nomem = true;
 		return 1;
 	}
+	uint64_t delivered, read;
+	store__cursor_get(w->txn, conv, w->user, &delivered, &read);
+	if(read > sc.last_seq) read = sc.last_seq;
 	last = message__load(w->txn, conv, sc.last_seq);
 	if(!cJSON_AddStringToObject(o, "conv", conv) || !cJSON_AddStringToObject(o, "type", type_name(sc.type))
 			|| !(sc.type == 'g' ? cJSON_AddStringToObject(o, "name", sc.name) : cJSON_AddNullToObject(o, "name"))
 			|| !add_members(w->txn, conv, o, false)
 			|| !cJSON_AddNumberToObject(o, "last_seq", (double)sc.last_seq)
-			|| !cJSON_AddNumberToObject(o, "read_seq", 0)
-			|| !cJSON_AddNumberToObject(o, "unread", (double)sc.last_seq)
+			|| !cJSON_AddNumberToObject(o, "read_seq", (double)read)
+			|| !cJSON_AddNumberToObject(o, "unread", (double)(sc.last_seq - read))
 			|| !cJSON_AddItemToObject(o, "last", last ? last : cJSON_CreateNull())){
 		w->nomem = true;
 		return 1;
@@ -356,7 +360,7 @@ enum chat_err conv__list(struct chat *chat, struct store_txn *txn, const char *u
 		cJSON *result, struct chat_outbox *out, struct chat_error *e)
 {
 	static const char *const fields[] = {"op", "req_id", NULL};
-	struct list_walk w = {txn, NULL, false};
+	struct list_walk w = {txn, user, NULL, false};
 	enum chat_err rc;
 
 	if((rc = json__only_fields(args, fields, e))) return rc;

@@ -236,10 +236,12 @@ enum chat_verdict message__send(struct chat *chat, const struct chat_client *cl,
 		goto store_failed;
 	}
 	if(stamp__store(chat, txn, ref->id, seq, msg, out, &e)) goto store_failed;
-	if(store__cmid_put(txn, ref->id, cl->username, r.cmid, seq) != STORE_OK){
+	if(store__cmid_put(txn, ref->id, cl->username, r.cmid, seq) != STORE_OK
+			|| receipt__on_send(txn, ref->id, cl->username, seq) != STORE_OK){
 		chat__fail(&e, CHAT_E_STORE, "%s", store__last_error(chat->store));
 		goto store_failed;
 	}
+	if(push__on_message(chat, txn, ref->id, &sc, cl->username, seq, r.body, &e)) goto store_failed;
 	if(store__commit(txn) != STORE_OK){
 		txn = NULL;
 		chat__fail(&e, CHAT_E_STORE, "%s", store__last_error(chat->store));

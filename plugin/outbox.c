@@ -13,6 +13,7 @@ void outbox__init(struct chat_outbox *ob)
 {
 	ob->head = NULL;
 	ob->tail = &ob->head;
+	ob->last = NULL;
 	ob->count = 0;
 }
 
@@ -29,7 +30,9 @@ int outbox__add(struct chat_outbox *ob, const char *topic, char *payload, size_t
 	p->len = len;
 	p->target = target;
 	p->correlate = correlate;
+	p->qos = 1;
 	*ob->tail = p;
+	ob->last = p;
 	ob->tail = &p->next;
 	ob->count++;
 	return 0;

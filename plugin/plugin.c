@@ -8,12 +8,12 @@
  *
  * Callbacks: ACL_CHECK (every publish, subscribe and delivery), MESSAGE
  * (inbound chat publishes; runs before the broker sends the PUBACK, so a
- * commit here makes "acked means stored" true), TICK (background flush of
- * fsync-less commits).
+ * commit here makes "acked means stored" true), DISCONNECT (a device is
+ * gone: presence), TICK (typing expiry, presence grace, push outbox).
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <mosquitto_broker.h>
 #include <mosquitto_plugin.h>
@@ -28,16 +28,15 @@
 struct plugin {
 	mosquitto_plugin_id_t *id;
 	struct chat *chat;
-	bool acl_registered, message_registered, tick_registered;
-	uint64_t last_sync_ms;
+	bool acl_registered, message_registered, tick_registered, disconnect_registered;
 };
 
 /* ====================================================================== *
  * Outbox → broker
  * ====================================================================== */
 
-/* Publishes every queued entry (QoS 1, not retained). The broker owns a
- * payload only once mosquitto_broker_publish succeeded. */
+/* Publishes every queued entry. The broker owns a payload only once
+ * mosquitto_broker_publish succeeded. */
 static void flush_outbox(struct chat_outbox *ob, const char *client_id, const void *corr, uint16_t corr_len)
 {
 	for(struct outbox_pub *p = ob->head; p; p = p->next){
@@ -54,8 +53,8 @@ static void flush_outbox(struct chat_outbox *ob, const char *client_id, const vo
 				&& mosquitto_property_add_binary(&props, MQTT_PROP_CORRELATION_DATA, corr, corr_len) != MOSQ_ERR_SUCCESS){
 			props = NULL;
 		}
-		rc = mosquitto_broker_publish(p->target == OUTBOX_SENDER ? client_id : NULL, p->topic, (int)p->len, buf, 1,
-				false, props);
+		rc = mosquitto_broker_publish(p->target == OUTBOX_SENDER ? client_id : NULL, p->topic, (int)p->len, buf,
+				p->qos, p->retain, props);
 		if(rc != MOSQ_ERR_SUCCESS){
 			mosquitto_free(buf);
 			mosquitto_property_free_all(&props);
@@ -83,7 +82,8 @@ static int acl_cb(int event, void *event_data, void *userdata)
 		case MOSQ_ACL_UNSUBSCRIBE: access = CHAT_ACCESS_UNSUBSCRIBE; break;
 		default: return MOSQ_ERR_PLUGIN_DEFER;
 	}
-	switch(acl__check(pl->chat, mosquitto_client_username(ed->client), access, ed->topic)){
+	switch(acl__check(pl->chat, ed->client, mosquitto_client_username(ed->client), access, ed->topic,
+				ed->payload, ed->payloadlen)){
 		case CHAT_ACL_ALLOW: return MOSQ_ERR_SUCCESS;
 		case CHAT_ACL_DENY: return MOSQ_ERR_ACL_DENIED;
 		default: return MOSQ_ERR_PLUGIN_DEFER;
@@ -96,6 +96,7 @@ static int message_cb(int event, void *event_data, void *userdata)
 	struct mosquitto_evt_message *ed = event_data;
 	const struct chat_config *cfg = &pl->chat->cfg;
 	struct chat_client cl = {0};
+	struct chat_rewrite rw = {0};
 	struct chat_outbox out;
 	char *response_topic = NULL;
 	void *corr = NULL;
@@ -106,6 +107,7 @@ static int message_cb(int event, void *event_data, void *userdata)
 	if(strncmp(ed->topic, cfg->prefix, cfg->prefix_len) != 0 || ed->topic[cfg->prefix_len] != '/'){
 		return MOSQ_ERR_SUCCESS;
 	}
+	cl.conn = ed->client;
 	cl.username = mosquitto_client_username(ed->client);
 	cl.client_id = mosquitto_client_id(ed->client);
 	cl.protocol_version = mosquitto_client_protocol_version(ed->client);
@@ -117,7 +119,7 @@ static int message_cb(int event, void *event_data, void *userdata)
 	cl.has_correlation = corr != NULL;
 
 	outbox__init(&out);
-	v = chat__handle_publish(pl->chat, &cl, ed->topic, ed->payload, ed->payloadlen, &out);
+	v = chat__handle_publish(pl->chat, &cl, ed->topic, ed->payload, ed->payloadlen, &out, &rw);
 	flush_outbox(&out, cl.client_id, corr, corr_len);
 	mosquitto_free(response_topic);
 	mosquitto_free(corr);
@@ -132,6 +134,20 @@ static int message_cb(int event, void *event_data, void *userdata)
 			ed->payloadlen = 0;
 			ed->retain = false;
 			return MOSQ_ERR_SUCCESS;
+		case CHAT_REWRITE: {
+			/* the broker frees the old payload and takes this one */
+			void *buf = mosquitto_malloc(rw.len ? rw.len : 1);
+			if(!buf){
+				free(rw.payload);
+				return MOSQ_ERR_NOMEM;
+			}
+			memcpy(buf, rw.payload, rw.len);
+			free(rw.payload);
+			ed->payload = buf;
+			ed->payloadlen = (uint32_t)rw.len;
+			ed->retain = rw.retain;
+			return MOSQ_ERR_SUCCESS;
+		}
 		case CHAT_REFUSED:
 			return MOSQ_ERR_ACL_DENIED;
 		case CHAT_STORE_FAILED:
@@ -143,28 +159,28 @@ static int message_cb(int event, void *event_data, void *userdata)
 	}
 }
 
-static uint64_t monotonic_ms(void)
+static int disconnect_cb(int event, void *event_data, void *userdata)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+	struct plugin *pl = userdata;
+	struct mosquitto_evt_disconnect *ed = event_data;
+	struct chat_outbox out;
+
+	outbox__init(&out);
+	chat__disconnect(pl->chat, ed->client, &out);
+	flush_outbox(&out, NULL, NULL, 0);
+	return MOSQ_ERR_SUCCESS;
 }
 
-/* fsync off: flush the page cache to disk every sync_interval_ms, which bounds
- * what a power loss can take; a killed broker loses nothing either way. */
+/* Timed work of the core: typing expiry, presence grace, due push jobs. (The
+ * disk flush of fsync-less commits runs on the store's own thread.) */
 static int tick_cb(int event, void *event_data, void *userdata)
 {
 	struct plugin *pl = userdata;
-	uint64_t now;
+	struct chat_outbox out;
 
-	if(pl->chat->cfg.fsync != CHAT_FSYNC_OFF || pl->chat->cfg.sync_interval_ms == 0) return MOSQ_ERR_SUCCESS;
-	if(!store__dirty(pl->chat->store)) return MOSQ_ERR_SUCCESS;
-	now = monotonic_ms();
-	if(now - pl->last_sync_ms < pl->chat->cfg.sync_interval_ms) return MOSQ_ERR_SUCCESS;
-	pl->last_sync_ms = now;
-	if(store__sync(pl->chat->store) != STORE_OK){
-		mosquitto_log_printf(MOSQ_LOG_ERR, LOG_PREFIX "background sync failed: %s", store__last_error(pl->chat->store));
-	}
+	outbox__init(&out);
+	chat__tick(pl->chat, &out);
+	flush_outbox(&out, NULL, NULL, 0);
 	return MOSQ_ERR_SUCCESS;
 }
 
@@ -184,6 +200,7 @@ static void plugin_free(struct plugin *pl)
 {
 	if(!pl) return;
 	if(pl->tick_registered) mosquitto_callback_unregister(pl->id, MOSQ_EVT_TICK, tick_cb, NULL);
+	if(pl->disconnect_registered) mosquitto_callback_unregister(pl->id, MOSQ_EVT_DISCONNECT, disconnect_cb, NULL);
 	if(pl->message_registered) mosquitto_callback_unregister(pl->id, MOSQ_EVT_MESSAGE, message_cb, NULL);
 	if(pl->acl_registered) mosquitto_callback_unregister(pl->id, MOSQ_EVT_ACL_CHECK, acl_cb, NULL);
 	chat__close(pl->chat);
@@ -225,6 +242,18 @@ CHAT_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **
 	rc = mosquitto_callback_register(identifier, MOSQ_EVT_TICK, tick_cb, NULL, pl);
 	if(rc) goto fail_register;
 	pl->tick_registered = true;
+	rc = mosquitto_callback_register(identifier, MOSQ_EVT_DISCONNECT, disconnect_cb, NULL, pl);
+	if(rc) goto fail_register;
+	pl->disconnect_registered = true;
+
+	/* republish stored presence; "online" left by a broker that died is
+	 * now "offline" (queued: the broker delivers it on its first loop) */
+	{
+		struct chat_outbox out;
+		outbox__init(&out);
+		presence__startup(pl->chat, &out);
+		flush_outbox(&out, NULL, NULL, 0);
+	}
 
 	mosquitto_log_printf(MOSQ_LOG_NOTICE, LOG_PREFIX "ready: prefix '%s', database %s, fsync %s, observers %zu",
 			pl->chat->cfg.prefix, pl->chat->cfg.db_path,

@@ -35,6 +35,13 @@ static const struct op_entry ops[] = {
 	{"members.add", conv__members_add, true},
 	{"members.remove", conv__members_remove, true},
 	{"history", history_op, false},
+	{"receipts.get", receipt__get, false},
+	{"receipts.counts", receipt__counts, false},
+	{"devices.register", push__devices_register, true},
+	{"devices.unregister", push__devices_unregister, true},
+	{"devices.list", push__devices_list, false},
+	{"conv.mute", push__conv_mute, true},
+	{"conv.preview", push__conv_preview, true},
 };
 
 static const struct op_entry *find_op(const char *name)
@@ -168,6 +175,7 @@ enum chat_verdict request__handle(struct chat *chat, const struct chat_client *c
 	if(effects.head){
 		*out->tail = effects.head;
 		out->tail = effects.tail;
+		out->last = effects.last;
 		out->count += effects.count;
 	}
 	cJSON_Delete(req);

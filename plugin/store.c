@@ -1,13 +1,25 @@
 /*
  * store.c — the LMDB store (the only file that includes lmdb.h).
  *
- * One environment, seven named databases opened once at start. The broker is
+ * One environment, fifteen named databases opened once at start. The broker is
  * single-threaded, so there is at most one write transaction at a time; read
  * transactions reuse one handle (mdb_txn_reset / mdb_txn_renew) so an ACL
  * check costs no allocation, and are reset as soon as the caller is done so a
  * reader never pins old pages.
+ *
+ * Durability modes. sync_each: every commit is fsynced before it returns
+ * (LMDB's default). Otherwise MDB_NOSYNC | MDB_WRITEMAP: a commit writes its
+ * pages straight into the shared file mapping — no write() per page, which
+ * was most of the plugin's cost per message — and returns; the kernel owns
+ * the pages from then on, so a killed broker loses nothing, and a flusher
+ * thread msyncs every flush_ms so a power loss can take at most that window.
+ * The flusher runs beside the broker's loop rather than on its tick because
+ * a sync can take milliseconds and the loop must not stall for it.
  */
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,11 +37,20 @@ enum {
 	DBI_MSGS,
 	DBI_CMIDS,
 	DBI_DIRECTS,
+	DBI_CURSORS,
+	DBI_PRESENCE,
+	DBI_PUSHDEVS,
+	DBI_TOKENS,
+	DBI_PREFS,
+	DBI_PUSHQ,
+	DBI_PUSHPEND,
+	DBI_META,
 	DBI_COUNT
 };
 
 static const char *const dbi_names[DBI_COUNT] = {
-	"convs", "seqs", "members", "umembers", "msgs", "cmids", "directs",
+	"convs", "seqs", "members", "umembers", "msgs", "cmids", "directs", "cursors", "presence",
+	"pushdevs", "tokens", "prefs", "pushq", "pushpend", "meta",
 };
 
 struct store {
@@ -38,7 +59,13 @@ struct store {
 	MDB_txn *rtxn;          /* the reusable read transaction, reset when idle */
 	bool rtxn_live;
 	bool sync_each;
-	bool dirty;             /* commits not yet flushed (sync_each off) */
+	atomic_bool dirty;      /* commits not yet flushed (sync_each off) */
+	unsigned flush_ms;
+	bool flusher_running;
+	pthread_t flusher;
+	pthread_mutex_t flush_lock;
+	pthread_cond_t flush_wake;
+	bool flusher_stop;      /* under flush_lock */
 	char last_error[160];
 };
 
@@ -48,8 +75,9 @@ struct store_txn {
 	bool write;
 };
 
-/* Largest key: conv \0 from \0 cmid = 64+1+64+1+64. */
-#define KEY_MAX 256
+/* LMDB keys are at most 511 bytes; our largest, user \0 platform \0 token, is
+ * 64+1+7+1+400. */
+#define KEY_MAX 511
 
 /* ====================================================================== *
  * Keys
@@ -106,7 +134,36 @@ static int map_rc(struct store *s, int rc, const char *what)
  * Environment
  * ====================================================================== */
 
-int store__open(struct store **out, const char *path, size_t map_size, bool sync_each, char *err, size_t errlen)
+/* Flusher thread: msync/fdatasync the environment every flush_ms when
+ * something was committed since the last flush, until told to stop. */
+static void *flusher_main(void *arg)
+{
+	struct store *s = arg;
+	struct timespec until;
+
+	pthread_mutex_lock(&s->flush_lock);
+	while(!s->flusher_stop){
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_sec += s->flush_ms / 1000;
+		until.tv_nsec += (long)(s->flush_ms % 1000) * 1000000L;
+		if(until.tv_nsec >= 1000000000L){
+			until.tv_sec++;
+			until.tv_nsec -= 1000000000L;
+		}
+		pthread_cond_timedwait(&s->flush_wake, &s->flush_lock, &until);
+		if(s->flusher_stop) break;
+		if(atomic_exchange(&s->dirty, false)){
+			pthread_mutex_unlock(&s->flush_lock);
+			mdb_env_sync(s->env, 1);
+			pthread_mutex_lock(&s->flush_lock);
+		}
+	}
+	pthread_mutex_unlock(&s->flush_lock);
+	return NULL;
+}
+
+int store__open(struct store **out, const char *path, size_t map_size, bool sync_each, unsigned flush_ms,
+		char *err, size_t errlen)
 {
 	struct store *s;
 	MDB_txn *txn = NULL;
@@ -123,13 +180,17 @@ int store__open(struct store **out, const char *path, size_t map_size, bool sync
 		return STORE_ERR;
 	}
 	s->sync_each = sync_each;
+	s->flush_ms = flush_ms;
+	atomic_init(&s->dirty, false);
+	pthread_mutex_init(&s->flush_lock, NULL);
+	pthread_cond_init(&s->flush_wake, NULL);
 
 	if((rc = mdb_env_create(&s->env)) != 0) goto fail;
 	if((rc = mdb_env_set_maxdbs(s->env, DBI_COUNT)) != 0) goto fail;
 	if((rc = mdb_env_set_mapsize(s->env, map_size)) != 0) goto fail;
 	/* NOTLS: the reusable read txn is not tied to a thread slot. NOSYNC
 	 * unless every commit must reach the disk before the ack. */
-	rc = mdb_env_open(s->env, path, MDB_NOTLS | (sync_each ? 0 : MDB_NOSYNC), 0640);
+	rc = mdb_env_open(s->env, path, MDB_NOTLS | (sync_each ? 0 : MDB_NOSYNC | MDB_WRITEMAP), 0640);
 	if(rc) goto fail;
 
 	if((rc = mdb_txn_begin(s->env, NULL, 0, &txn)) != 0) goto fail;
@@ -140,6 +201,15 @@ int store__open(struct store **out, const char *path, size_t map_size, bool sync
 	txn = NULL;
 	if(rc) goto fail;
 	if(!sync_each && (rc = mdb_env_sync(s->env, 1)) != 0) goto fail;
+	if(!sync_each && flush_ms > 0){
+		if(pthread_create(&s->flusher, NULL, flusher_main, s) != 0){
+			snprintf(err, errlen, "cannot start the database flusher thread");
+			mdb_env_close(s->env);
+			free(s);
+			return STORE_ERR;
+		}
+		s->flusher_running = true;
+	}
 
 	*out = s;
 	return STORE_OK;
@@ -155,24 +225,29 @@ fail:
 void store__close(struct store *s)
 {
 	if(!s) return;
+	if(s->flusher_running){
+		pthread_mutex_lock(&s->flush_lock);
+		s->flusher_stop = true;
+		pthread_cond_signal(&s->flush_wake);
+		pthread_mutex_unlock(&s->flush_lock);
+		pthread_join(s->flusher, NULL);
+	}
 	if(s->rtxn) mdb_txn_abort(s->rtxn);
 	if(s->env){
 		if(!s->sync_each) mdb_env_sync(s->env, 1);
 		mdb_env_close(s->env);
 	}
+	pthread_cond_destroy(&s->flush_wake);
+	pthread_mutex_destroy(&s->flush_lock);
 	free(s);
 }
 
 int store__sync(struct store *s)
 {
+	bool was = atomic_exchange(&s->dirty, false);
 	int rc = mdb_env_sync(s->env, 1);
-	if(rc == 0) s->dirty = false;
+	if(rc != 0 && was) atomic_store(&s->dirty, true);
 	return map_rc(s, rc, "sync");
-}
-
-bool store__dirty(const struct store *s)
-{
-	return s->dirty;
 }
 
 const char *store__last_error(const struct store *s)
@@ -238,7 +313,7 @@ int store__commit(struct store_txn *t)
 	}
 	rc = mdb_txn_commit(t->txn);
 	free(t);
-	if(rc == 0 && !s->sync_each) s->dirty = true;
+	if(rc == 0 && !s->sync_each) atomic_store(&s->dirty, true);
 	return map_rc(s, rc, "commit");
 }
 
@@ -288,7 +363,7 @@ static int prefix_each(struct store_txn *t, int dbi, const unsigned char *prefix
 
 	rc = mdb_cursor_open(t->txn, t->s->dbi[dbi], &cur);
 	if(rc) return map_rc(t->s, rc, "cursor");
-	rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+	rc = mdb_cursor_get(cur, &k, &v, plen ? MDB_SET_RANGE : MDB_FIRST);
 	while(rc == 0){
 		if(k.mv_size < plen || memcmp(k.mv_data, prefix, plen) != 0) break;
 		out = cb(ud, (const unsigned char *)k.mv_data + plen, k.mv_size - plen, &v);
@@ -571,4 +646,306 @@ int store__direct_put(struct store_txn *t, const char *a, const char *b, const c
 	size_t kl = pair_key(k, a, b);
 	if(!kl) return STORE_ERR;
 	return kv_put(t, DBI_DIRECTS, k, kl, conv, strlen(conv));
+}
+
+/* ====================================================================== *
+ * Receipt cursors
+ * ====================================================================== */
+
+int store__cursor_get(struct store_txn *t, const char *conv, const char *user, uint64_t *delivered, uint64_t *read)
+{
+	unsigned char k[KEY_MAX];
+	size_t kl = key_join(k, conv, user, NULL);
+	MDB_val v;
+	int rc;
+
+	*delivered = *read = 0;
+	if(!kl) return STORE_OK;
+	rc = kv_get(t, DBI_CURSORS, k, kl, &v);
+	if(rc == STORE_NOTFOUND) return STORE_OK;
+	if(rc) return rc;
+	if(v.mv_size != 16) return STORE_ERR;
+	*delivered = be64_get(v.mv_data);
+	*read = be64_get((const unsigned char *)v.mv_data + 8);
+	return STORE_OK;
+}
+
+int store__cursor_put(struct store_txn *t, const char *conv, const char *user, uint64_t delivered, uint64_t read)
+{
+	unsigned char k[KEY_MAX], v[16];
+	size_t kl = key_join(k, conv, user, NULL);
+	if(!kl) return STORE_ERR;
+	be64_put(v, delivered);
+	be64_put(v + 8, read);
+	return kv_put(t, DBI_CURSORS, k, kl, v, 16);
+}
+
+/* ====================================================================== *
+ * Presence
+ * ====================================================================== */
+
+int store__presence_get(struct store_txn *t, const char *user, bool *online, uint64_t *ts)
+{
+	MDB_val v;
+	int rc = kv_get(t, DBI_PRESENCE, user, strlen(user), &v);
+	if(rc) return rc;
+	if(v.mv_size != 9) return STORE_ERR;
+	*online = ((const char *)v.mv_data)[0] == '1';
+	*ts = be64_get((const unsigned char *)v.mv_data + 1);
+	return STORE_OK;
+}
+
+int store__presence_put(struct store_txn *t, const char *user, bool online, uint64_t ts)
+{
+	unsigned char v[9];
+	v[0] = online ? '1' : '0';
+	be64_put(v + 1, ts);
+	return kv_put(t, DBI_PRESENCE, user, strlen(user), v, 9);
+}
+
+struct presence_walk {
+	store_presence_cb cb;
+	void *ud;
+};
+
+static int presence_walk_cb(void *ud, const unsigned char *rest, size_t rl, const MDB_val *val)
+{
+	struct presence_walk *w = ud;
+	char user[65];
+	if(rl == 0 || rl > 64 || val->mv_size != 9) return STORE_OK;
+	memcpy(user, rest, rl);
+	user[rl] = '\0';
+	return w->cb(w->ud, user, ((const char *)val->mv_data)[0] == '1', be64_get((const unsigned char *)val->mv_data + 1));
+}
+
+int store__presence_each(struct store_txn *t, store_presence_cb cb, void *ud)
+{
+	struct presence_walk w = {cb, ud};
+	return prefix_each(t, DBI_PRESENCE, (const unsigned char *)"", 0, presence_walk_cb, &w);
+}
+
+/* ====================================================================== *
+ * Push devices, token owners, preferences
+ * ====================================================================== */
+
+int store__pushdev_put(struct store_txn *t, const char *user, const char *platform, const char *token, const char *locale)
+{
+	unsigned char k[KEY_MAX];
+	size_t kl = key_join(k, user, platform, token);
+	int rc;
+	if(!kl) return STORE_ERR;
+	rc = kv_put(t, DBI_PUSHDEVS, k, kl, locale ? locale : "", locale ? strlen(locale) : 0);
+	if(rc) return rc;
+	kl = key_join(k, platform, token, NULL);
+	return kv_put(t, DBI_TOKENS, k, kl, user, strlen(user));
+}
+
+int store__pushdev_del(struct store_txn *t, const char *user, const char *platform, const char *token)
+{
+	unsigned char k[KEY_MAX];
+	char owner[65];
+	size_t kl = key_join(k, user, platform, token);
+	int rc;
+	if(!kl) return STORE_NOTFOUND;
+	rc = kv_del(t, DBI_PUSHDEVS, k, kl);
+	if(rc) return rc;
+	/* the token index follows only if it still points at this user */
+	if(store__token_owner(t, platform, token, owner) == STORE_OK && !strcmp(owner, user)){
+		kl = key_join(k, platform, token, NULL);
+		rc = kv_del(t, DBI_TOKENS, k, kl);
+		if(rc == STORE_NOTFOUND) rc = STORE_OK;
+	}
+	return rc;
+}
+
+struct pushdev_walk {
+	store_pushdev_cb cb;
+	void *ud;
+};
+
+static int pushdev_walk_cb(void *ud, const unsigned char *rest, size_t rl, const MDB_val *val)
+{
+	struct pushdev_walk *w = ud;
+	char platform[16], token[401], locale[64];
+	const unsigned char *sep = memchr(rest, '\0', rl);
+	size_t pl, tl;
+	if(!sep) return STORE_OK;
+	pl = (size_t)(sep - rest);
+	tl = rl - pl - 1;
+	if(pl >= sizeof(platform) || tl >= sizeof(token) || val->mv_size >= sizeof(locale)) return STORE_OK;
+	memcpy(platform, rest, pl);
+	platform[pl] = '\0';
+	memcpy(token, sep + 1, tl);
+	token[tl] = '\0';
+	memcpy(locale, val->mv_data, val->mv_size);
+	locale[val->mv_size] = '\0';
+	return w->cb(w->ud, platform, token, locale);
+}
+
+int store__pushdevs_each(struct store_txn *t, const char *user, store_pushdev_cb cb, void *ud)
+{
+	unsigned char k[KEY_MAX];
+	struct pushdev_walk w = {cb, ud};
+	size_t kl = id_prefix(k, user);
+	return kl ? prefix_each(t, DBI_PUSHDEVS, k, kl, pushdev_walk_cb, &w) : STORE_OK;
+}
+
+int store__token_owner(struct store_txn *t, const char *platform, const char *token, char *owner)
+{
+	unsigned char k[KEY_MAX];
+	size_t kl = key_join(k, platform, token, NULL);
+	MDB_val v;
+	int rc;
+	if(!kl) return STORE_NOTFOUND;
+	rc = kv_get(t, DBI_TOKENS, k, kl, &v);
+	if(rc) return rc;
+	if(v.mv_size == 0 || v.mv_size > 64) return STORE_ERR;
+	memcpy(owner, v.mv_data, v.mv_size);
+	owner[v.mv_size] = '\0';
+	return STORE_OK;
+}
+
+int store__pref_get(struct store_txn *t, const char *conv, const char *user, unsigned *flags)
+{
+	unsigned char k[KEY_MAX];
+	size_t kl = key_join(k, conv, user, NULL);
+	MDB_val v;
+	int rc;
+	*flags = 0;
+	if(!kl) return STORE_OK;
+	rc = kv_get(t, DBI_PREFS, k, kl, &v);
+	if(rc == STORE_NOTFOUND) return STORE_OK;
+	if(rc) return rc;
+	*flags = v.mv_size ? ((const unsigned char *)v.mv_data)[0] : 0;
+	return STORE_OK;
+}
+
+int store__pref_put(struct store_txn *t, const char *conv, const char *user, unsigned flags)
+{
+	unsigned char k[KEY_MAX], f = (unsigned char)flags;
+	size_t kl = key_join(k, conv, user, NULL);
+	if(!kl) return STORE_ERR;
+	if(flags == 0){
+		int rc = kv_del(t, DBI_PREFS, k, kl);
+		return rc == STORE_NOTFOUND ? STORE_OK : rc;
+	}
+	return kv_put(t, DBI_PREFS, k, kl, &f, 1);
+}
+
+/* ====================================================================== *
+ * The push outbox
+ * ====================================================================== */
+
+int store__job_put(struct store_txn *t, uint64_t id, uint64_t due_ms, uint64_t sent_ms, const char *json, size_t len)
+{
+	unsigned char k[8];
+	MDB_val key = {8, k}, val = {16 + len, NULL};
+	int rc;
+	be64_put(k, id);
+	/* MDB_RESERVE: write the record in place, no staging copy */
+	rc = mdb_put(t->txn, t->s->dbi[DBI_PUSHQ], &key, &val, MDB_RESERVE);
+	if(rc) return map_rc(t->s, rc, "pushq");
+	be64_put(val.mv_data, due_ms);
+	be64_put((unsigned char *)val.mv_data + 8, sent_ms);
+	memcpy((unsigned char *)val.mv_data + 16, json, len);
+	return STORE_OK;
+}
+
+int store__job_get(struct store_txn *t, uint64_t id, uint64_t *due_ms, uint64_t *sent_ms, const char **json, size_t *len)
+{
+	unsigned char k[8];
+	MDB_val v;
+	int rc;
+	be64_put(k, id);
+	rc = kv_get(t, DBI_PUSHQ, k, 8, &v);
+	if(rc) return rc;
+	if(v.mv_size < 16) return STORE_ERR;
+	*due_ms = be64_get(v.mv_data);
+	*sent_ms = be64_get((const unsigned char *)v.mv_data + 8);
+	*json = (const char *)v.mv_data + 16;
+	*len = v.mv_size - 16;
+	return STORE_OK;
+}
+
+int store__job_del(struct store_txn *t, uint64_t id)
+{
+	unsigned char k[8];
+	be64_put(k, id);
+	return kv_del(t, DBI_PUSHQ, k, 8);
+}
+
+struct job_walk {
+	store_job_cb cb;
+	void *ud;
+	size_t count;
+};
+
+static int job_walk_cb(void *ud, const unsigned char *rest, size_t rl, const MDB_val *val)
+{
+	struct job_walk *w = ud;
+	if(rl != 8 || val->mv_size < 16) return STORE_OK;
+	w->count++;
+	if(!w->cb) return STORE_OK;
+	return w->cb(w->ud, be64_get(rest), be64_get(val->mv_data), be64_get((const unsigned char *)val->mv_data + 8),
+			(const char *)val->mv_data + 16, val->mv_size - 16);
+}
+
+int store__jobs_each(struct store_txn *t, store_job_cb cb, void *ud)
+{
+	struct job_walk w = {cb, ud, 0};
+	return prefix_each(t, DBI_PUSHQ, (const unsigned char *)"", 0, job_walk_cb, &w);
+}
+
+size_t store__job_count(struct store_txn *t)
+{
+	MDB_stat st;
+	if(mdb_stat(t->txn, t->s->dbi[DBI_PUSHQ], &st)) return 0;
+	return st.ms_entries;
+}
+
+int store__pending_get(struct store_txn *t, const char *user, const char *conv, uint64_t *id)
+{
+	unsigned char k[KEY_MAX];
+	size_t kl = key_join(k, user, conv, NULL);
+	MDB_val v;
+	int rc;
+	if(!kl) return STORE_NOTFOUND;
+	rc = kv_get(t, DBI_PUSHPEND, k, kl, &v);
+	if(rc) return rc;
+	if(v.mv_size != 8) return STORE_ERR;
+	*id = be64_get(v.mv_data);
+	return STORE_OK;
+}
+
+int store__pending_put(struct store_txn *t, const char *user, const char *conv, uint64_t id)
+{
+	unsigned char k[KEY_MAX], v[8];
+	size_t kl = key_join(k, user, conv, NULL);
+	if(!kl) return STORE_ERR;
+	be64_put(v, id);
+	return kv_put(t, DBI_PUSHPEND, k, kl, v, 8);
+}
+
+int store__pending_del(struct store_txn *t, const char *user, const char *conv)
+{
+	unsigned char k[KEY_MAX];
+	size_t kl = key_join(k, user, conv, NULL);
+	int rc;
+	if(!kl) return STORE_OK;
+	rc = kv_del(t, DBI_PUSHPEND, k, kl);
+	return rc == STORE_NOTFOUND ? STORE_OK : rc;
+}
+
+int store__next_id(struct store_txn *t, const char *name, uint64_t *id)
+{
+	MDB_val v;
+	unsigned char buf[8];
+	uint64_t cur = 0;
+	int rc = kv_get(t, DBI_META, name, strlen(name), &v);
+	if(rc == STORE_OK && v.mv_size == 8) cur = be64_get(v.mv_data);
+	else if(rc != STORE_NOTFOUND && rc != STORE_OK) return rc;
+	be64_put(buf, cur + 1);
+	rc = kv_put(t, DBI_META, name, strlen(name), buf, 8);
+	if(rc == STORE_OK) *id = cur + 1;
+	return rc;
 }

@@ -15,6 +15,14 @@
  *   msgs      conv \0 seq(8 BE)         -> the stamped JSON, as delivered
  *   cmids     conv \0 from \0 cmid      -> seq (8 BE)
  *   directs   userA \0 userB (A < B)    -> conv
+ *   cursors   conv \0 user              -> delivered (8 BE) read (8 BE)
+ *   presence  user                      -> state(1: '1' online, '0' offline) ts_ms (8 BE)
+ *   pushdevs  user \0 platform \0 token  -> locale
+ *   tokens    platform \0 token          -> user      (a token belongs to one user)
+ *   prefs     conv \0 user              -> flags (1 byte: STORE_PREF_*)
+ *   pushq     job id (8 BE)             -> due_ms (8 BE) sent_ms (8 BE) job JSON
+ *   pushpend  user \0 conv              -> job id (8 BE) of the job still collecting messages
+ *   meta      name                      -> counters (8 BE)
  */
 #ifndef CHAT_STORE_H
 #define CHAT_STORE_H
@@ -41,12 +49,14 @@ struct store_conv {
 };
 
 /* Opens (creating if needed) the environment in directory path.
- * sync_each: fsync every commit (power-loss safe) or not (process-crash safe). */
-int store__open(struct store **out, const char *path, size_t map_size, bool sync_each, char *err, size_t errlen);
+ * sync_each: fsync every commit (power-loss safe) or not (process-crash safe).
+ * flush_ms (sync_each off): a background thread flushes commits to disk this
+ * often, bounding what a power loss can take; 0 leaves it to the kernel. */
+int store__open(struct store **out, const char *path, size_t map_size, bool sync_each, unsigned flush_ms,
+		char *err, size_t errlen);
 void store__close(struct store *s);
 /* Flushes what fsync-less commits left in the page cache. */
 int store__sync(struct store *s);
-bool store__dirty(const struct store *s);
 const char *store__last_error(const struct store *s);
 
 int store__begin(struct store *s, bool write, struct store_txn **txn);
@@ -84,5 +94,43 @@ int store__cmid_put(struct store_txn *txn, const char *conv, const char *from, c
 
 int store__direct_get(struct store_txn *txn, const char *a, const char *b, char conv[65]);
 int store__direct_put(struct store_txn *txn, const char *a, const char *b, const char *conv);
+
+/* Receipt cursors of user in conv; both 0 when none is stored. */
+int store__cursor_get(struct store_txn *txn, const char *conv, const char *user, uint64_t *delivered, uint64_t *read);
+int store__cursor_put(struct store_txn *txn, const char *conv, const char *user, uint64_t delivered, uint64_t read);
+
+/* Last known presence of user: online or not, and since when (ms). */
+int store__presence_get(struct store_txn *txn, const char *user, bool *online, uint64_t *ts);
+int store__presence_put(struct store_txn *txn, const char *user, bool online, uint64_t ts);
+typedef int (*store_presence_cb)(void *ud, const char *user, bool online, uint64_t ts);
+int store__presence_each(struct store_txn *txn, store_presence_cb cb, void *ud);
+
+/* Push devices of a user. */
+int store__pushdev_put(struct store_txn *txn, const char *user, const char *platform, const char *token, const char *locale);
+int store__pushdev_del(struct store_txn *txn, const char *user, const char *platform, const char *token);
+typedef int (*store_pushdev_cb)(void *ud, const char *platform, const char *token, const char *locale);
+int store__pushdevs_each(struct store_txn *txn, const char *user, store_pushdev_cb cb, void *ud);
+/* Who a (platform, token) belongs to; owner must hold 65 bytes. */
+int store__token_owner(struct store_txn *txn, const char *platform, const char *token, char *owner);
+
+/* Per-(conversation, user) preferences. */
+#define STORE_PREF_MUTED 0x01
+#define STORE_PREF_NO_PREVIEW 0x02
+int store__pref_get(struct store_txn *txn, const char *conv, const char *user, unsigned *flags);
+int store__pref_put(struct store_txn *txn, const char *conv, const char *user, unsigned flags);
+
+/* The push outbox. json/len point into the map: valid until the txn ends. */
+int store__job_put(struct store_txn *txn, uint64_t id, uint64_t due_ms, uint64_t sent_ms, const char *json, size_t len);
+int store__job_get(struct store_txn *txn, uint64_t id, uint64_t *due_ms, uint64_t *sent_ms, const char **json, size_t *len);
+int store__job_del(struct store_txn *txn, uint64_t id);
+typedef int (*store_job_cb)(void *ud, uint64_t id, uint64_t due_ms, uint64_t sent_ms, const char *json, size_t len);
+int store__jobs_each(struct store_txn *txn, store_job_cb cb, void *ud);
+size_t store__job_count(struct store_txn *txn);
+int store__pending_get(struct store_txn *txn, const char *user, const char *conv, uint64_t *id);
+int store__pending_put(struct store_txn *txn, const char *user, const char *conv, uint64_t id);
+int store__pending_del(struct store_txn *txn, const char *user, const char *conv);
+
+/* Returns the next value (from 1) of the named counter. */
+int store__next_id(struct store_txn *txn, const char *name, uint64_t *id);
 
 #endif

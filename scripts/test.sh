@@ -3,8 +3,9 @@
 #  1. installs what is missing;
 #  2. builds the plugin and the unit tests with AddressSanitizer + UBSan;
 #  3. runs the C unit tests (ctest);
-#  4. runs the pytest integration suite against real mosquitto brokers that load
-#     the sanitized plugin (ASan runtime preloaded); any ASan/UBSan/leak report
+#  4. runs the pytest suites (tests/integration: real mosquitto brokers that load
+#     the sanitized plugin, ASan runtime preloaded; tests/bridge: the sanitized push
+#     bridge against loopback FCM/APNs/webhook stand-ins); any ASan/UBSan/leak report
 #     fails the test that produced it.
 # CHAT_SANITIZE=valgrind runs the brokers under valgrind instead (slower);
 # CHAT_SANITIZE=none runs the plain build.
@@ -29,4 +30,4 @@ ctest --test-dir "$build" --output-on-failure
 echo "==> integration tests (sanitizer: $mode)"
 export CHAT_PLUGIN="$PWD/$build/plugin/mosquitto_chat.so"
 export CHAT_SANITIZE="$mode"
-python3 -m pytest tests/integration "$@"
+python3 -m pytest tests/integration tests/bridge "$@"

@@ -2,8 +2,8 @@
 
 `Broker` runs a real /usr/sbin/mosquitto with the plugin on free loopback ports;
 `Client` wraps paho-mqtt (CallbackAPIVersion.VERSION2) with synchronous helpers.
-Every JSON payload received on the outbound message/event/reply topics is checked
-against the project's schema (schema_check.validate) as soon as that exists.
+Every JSON payload received on the outbound message/receipt/typing/event/reply and
+presence topics is checked against the project's schema (schema_check.validate) as soon as that exists.
 """
 from __future__ import annotations
 
@@ -627,8 +627,10 @@ class Client:
         if parts[: len(pre)] != pre:
             return None
         rest = parts[len(pre):]
-        if len(rest) == 3 and rest[0] == "c" and rest[2] == "m":
-            return "message"
+        if len(rest) == 3 and rest[0] == "c":
+            return {"m": "message", "receipt": "receipt", "typing": "typing"}.get(rest[2])
+        if len(rest) == 2 and rest[0] == "p":
+            return "presence"
         if len(rest) >= 3 and rest[0] == "u":
             if rest[2] == "event" and len(rest) == 3:
                 return "event"

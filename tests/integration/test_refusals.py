@@ -107,9 +107,14 @@ CASES = [
     # not_member
     Case("not_a_member", topic_payload(lambda c: f"chat/send/{c.other}", OK), "not_member", "c1"),
     Case("no_such_conversation", topic_payload(lambda c: "chat/send/g_000000000000", OK), "not_member", "c1"),
-    # not_supported (later issues)
-    Case("typing", topic_payload(lambda c: f"chat/typing/{c.g}", {"state": "typing"}), "not_supported", ABSENT),
-    Case("receipt", topic_payload(lambda c: f"chat/receipt/{c.g}", {"read": 1}), "not_supported", ABSENT),
+    # typing and receipts are refused with the same codes
+    Case("typing_forged_from", topic_payload(lambda c: f"chat/typing/{c.g}", {"state": "typing", "from": "mallory"}),
+         "unknown_field", ABSENT),
+    Case("typing_bad_state", topic_payload(lambda c: f"chat/typing/{c.g}", {"state": "dancing"}), "invalid_field", ABSENT),
+    Case("typing_not_member", topic_payload(lambda c: f"chat/typing/{c.other}", {"state": "typing"}), "not_member", ABSENT),
+    Case("receipt_beyond_last_seq", topic_payload(lambda c: f"chat/receipt/{c.g}", {"read": 10**6}), "invalid_field", ABSENT),
+    Case("receipt_empty", topic_payload(lambda c: f"chat/receipt/{c.g}", {}), "invalid_field", ABSENT),
+    Case("receipt_not_member", topic_payload(lambda c: f"chat/receipt/{c.other}", {"read": 1}), "not_member", ABSENT),
 ]
 
 

@@ -8,9 +8,24 @@ static struct chat *chat;
 static uint64_t fake_now = 1763900000000ULL;
 static uint64_t clock_ms(void) { return fake_now++; }
 
+/* Each user name stands for one device: its connection key is the name's
+ * first character's address in a table, distinct per user. */
+static const void *conn_of(const char *user)
+{
+	static char conns[32][16];
+	for(int i = 0; i < 32; i++){
+		if(!conns[i][0]){
+			snprintf(conns[i], sizeof(conns[i]), "%s", user);
+			return conns[i];
+		}
+		if(!strcmp(conns[i], user)) return conns[i];
+	}
+	return NULL;
+}
+
 static struct chat_client dev(const char *user)
 {
-	struct chat_client c = {.username = user, .client_id = user, .protocol_version = 5};
+	struct chat_client c = {.conn = conn_of(user), .username = user, .client_id = user, .protocol_version = 5};
 	return c;
 }
 
@@ -24,7 +39,9 @@ static enum chat_verdict pub(const char *user, const char *topic, const char *pa
 	enum chat_verdict v;
 
 	outbox__init(&out);
-	v = chat__handle_publish(chat, &c, topic, payload, strlen(payload), &out);
+	struct chat_rewrite rw = {0};
+	v = chat__handle_publish(chat, &c, topic, payload, strlen(payload), &out, &rw);
+	free(rw.payload);
 	if(first) *first = NULL;
 	if(count) *count = out.count;
 	for(struct outbox_pub *p = out.head; p && first; p = p->next){
@@ -122,29 +139,30 @@ int main(void)
 	CHECK_EQ_STR(send_code("eve", topic, "{\"cmid\":\"x\",\"body\":\"a\"}"), "not_member");
 	CHECK_EQ_STR(send_code("alice", "chat/send/nope", "{\"cmid\":\"x\",\"body\":\"a\"}"), "not_member");
 	CHECK_EQ_STR(send_code("alice", "chat/send/a*b", "{\"cmid\":\"x\",\"body\":\"a\"}"), "invalid_id");
-	CHECK_EQ_STR(send_code("alice", "chat/typing/g", "{\"state\":\"typing\"}"), "not_supported");
+	CHECK_EQ_STR(send_code("alice", "chat/typing/g", "{\"state\":\"typing\"}"), "not_member");
+	CHECK_EQ_STR(send_code("alice", "chat/zzz", "{}"), "not_supported");
 	CHECK_EQ_INT(chat->stored_msgs, 11);
 
 	/* ACL: members read their conversation, others do not; observers read */
 	snprintf(topic, sizeof(topic), "chat/c/%s/m", conv);
-	CHECK_EQ_INT(acl__check(chat, "bob", CHAT_ACCESS_READ, topic), CHAT_ACL_ALLOW);
-	CHECK_EQ_INT(acl__check(chat, "eve", CHAT_ACCESS_READ, topic), CHAT_ACL_DENY);
-	CHECK_EQ_INT(acl__check(chat, "ops", CHAT_ACCESS_READ, topic), CHAT_ACL_ALLOW);
-	CHECK_EQ_INT(acl__check(chat, NULL, CHAT_ACCESS_READ, topic), CHAT_ACL_DENY);
-	CHECK_EQ_INT(acl__check(chat, "bob", CHAT_ACCESS_WRITE, topic), CHAT_ACL_DENY);
-	CHECK_EQ_INT(acl__check(chat, "bob", CHAT_ACCESS_SUBSCRIBE, "chat/send/x"), CHAT_ACL_DENY);
-	CHECK_EQ_INT(acl__check(chat, "ops", CHAT_ACCESS_SUBSCRIBE, "chat/send/x"), CHAT_ACL_DENY);
-	CHECK_EQ_INT(acl__check(chat, "ops", CHAT_ACCESS_WRITE, "chat/req"), CHAT_ACL_DENY);
-	CHECK_EQ_INT(acl__check(chat, "bob", CHAT_ACCESS_SUBSCRIBE, "chat/u/bob/+"), CHAT_ACL_ALLOW);
-	CHECK_EQ_INT(acl__check(chat, "bob", CHAT_ACCESS_SUBSCRIBE, "chat/u/alice/+"), CHAT_ACL_DENY);
-	CHECK_EQ_INT(acl__check(chat, "bob", CHAT_ACCESS_SUBSCRIBE, "chat/#"), CHAT_ACL_DENY);
-	CHECK_EQ_INT(acl__check(chat, "ops", CHAT_ACCESS_SUBSCRIBE, "#"), CHAT_ACL_ALLOW);
-	CHECK_EQ_INT(acl__check(chat, "bob", CHAT_ACCESS_SUBSCRIBE, "#"), CHAT_ACL_DEFER);
-	CHECK_EQ_INT(acl__check(chat, "bob", CHAT_ACCESS_READ, "other/topic"), CHAT_ACL_DEFER);
-	CHECK_EQ_INT(acl__check(chat, "bob", CHAT_ACCESS_READ, "chat/p/alice"), CHAT_ACL_ALLOW);
-	CHECK_EQ_INT(acl__check(chat, "eve", CHAT_ACCESS_READ, "chat/p/alice"), CHAT_ACL_DENY);
-	CHECK_EQ_INT(acl__check(chat, "eve", CHAT_ACCESS_WRITE, "chat/p/eve"), CHAT_ACL_ALLOW);
-	CHECK_EQ_INT(acl__check(chat, "eve", CHAT_ACCESS_WRITE, "chat/p/alice"), CHAT_ACL_DENY);
+	CHECK_EQ_INT(acl__check(chat, NULL, "bob", CHAT_ACCESS_READ, topic, NULL, 0), CHAT_ACL_ALLOW);
+	CHECK_EQ_INT(acl__check(chat, NULL, "eve", CHAT_ACCESS_READ, topic, NULL, 0), CHAT_ACL_DENY);
+	CHECK_EQ_INT(acl__check(chat, NULL, "ops", CHAT_ACCESS_READ, topic, NULL, 0), CHAT_ACL_ALLOW);
+	CHECK_EQ_INT(acl__check(chat, NULL, NULL, CHAT_ACCESS_READ, topic, NULL, 0), CHAT_ACL_DENY);
+	CHECK_EQ_INT(acl__check(chat, NULL, "bob", CHAT_ACCESS_WRITE, topic, NULL, 0), CHAT_ACL_DENY);
+	CHECK_EQ_INT(acl__check(chat, NULL, "bob", CHAT_ACCESS_SUBSCRIBE, "chat/send/x", NULL, 0), CHAT_ACL_DENY);
+	CHECK_EQ_INT(acl__check(chat, NULL, "ops", CHAT_ACCESS_SUBSCRIBE, "chat/send/x", NULL, 0), CHAT_ACL_DENY);
+	CHECK_EQ_INT(acl__check(chat, NULL, "ops", CHAT_ACCESS_WRITE, "chat/req", NULL, 0), CHAT_ACL_DENY);
+	CHECK_EQ_INT(acl__check(chat, NULL, "bob", CHAT_ACCESS_SUBSCRIBE, "chat/u/bob/+", NULL, 0), CHAT_ACL_ALLOW);
+	CHECK_EQ_INT(acl__check(chat, NULL, "bob", CHAT_ACCESS_SUBSCRIBE, "chat/u/alice/+", NULL, 0), CHAT_ACL_DENY);
+	CHECK_EQ_INT(acl__check(chat, NULL, "bob", CHAT_ACCESS_SUBSCRIBE, "chat/#", NULL, 0), CHAT_ACL_DENY);
+	CHECK_EQ_INT(acl__check(chat, NULL, "ops", CHAT_ACCESS_SUBSCRIBE, "#", NULL, 0), CHAT_ACL_ALLOW);
+	CHECK_EQ_INT(acl__check(chat, NULL, "bob", CHAT_ACCESS_SUBSCRIBE, "#", NULL, 0), CHAT_ACL_DEFER);
+	CHECK_EQ_INT(acl__check(chat, NULL, "bob", CHAT_ACCESS_READ, "other/topic", NULL, 0), CHAT_ACL_DEFER);
+	CHECK_EQ_INT(acl__check(chat, NULL, "bob", CHAT_ACCESS_READ, "chat/p/alice", NULL, 0), CHAT_ACL_ALLOW);
+	CHECK_EQ_INT(acl__check(chat, NULL, "eve", CHAT_ACCESS_READ, "chat/p/alice", NULL, 0), CHAT_ACL_DENY);
+	CHECK_EQ_INT(acl__check(chat, conn_of("eve"), "eve", CHAT_ACCESS_WRITE, "chat/p/eve", "{\"state\":\"online\"}", 18), CHAT_ACL_ALLOW);
+	CHECK_EQ_INT(acl__check(chat, NULL, "eve", CHAT_ACCESS_WRITE, "chat/p/alice", NULL, 0), CHAT_ACL_DENY);
 
 	/* membership: non-admin cannot add; admin can; limit 4 holds */
 	r = req("bob", "{\"op\":\"members.add\",\"conv\":\"x\",\"users\":[\"carol\"]}");
@@ -167,7 +185,7 @@ int main(void)
 	r = req("bob", payload);
 	CHECK(cJSON_IsTrue(cJSON_GetObjectItem(r, "ok")));
 	cJSON_Delete(r);
-	CHECK_EQ_INT(acl__check(chat, "bob", CHAT_ACCESS_READ, topic), CHAT_ACL_DENY);
+	CHECK_EQ_INT(acl__check(chat, NULL, "bob", CHAT_ACCESS_READ, topic, NULL, 0), CHAT_ACL_DENY);
 	/* the admin leaves: carol (the only one left) becomes admin */
 	snprintf(payload, sizeof(payload), "{\"op\":\"members.remove\",\"conv\":\"%s\",\"users\":[\"alice\"]}", conv);
 	r = req("alice", payload);

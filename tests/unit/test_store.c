@@ -44,7 +44,7 @@ int main(void)
 	uint64_t seq;
 
 	CHECK(dir != NULL);
-	CHECK_EQ_INT(store__open(&s, dir, 64u << 20, false, err, sizeof(err)), STORE_OK);
+	CHECK_EQ_INT(store__open(&s, dir, 64u << 20, false, 50, err, sizeof(err)), STORE_OK);
 
 	/* 300 messages in "g", a few in "g2" (a prefix-sharing id), out of order */
 	CHECK_EQ_INT(store__begin(s, true, &t), STORE_OK);
@@ -128,7 +128,7 @@ int main(void)
 
 	/* reopen: everything is still there */
 	store__close(s);
-	CHECK_EQ_INT(store__open(&s, dir, 64u << 20, true, err, sizeof(err)), STORE_OK);
+	CHECK_EQ_INT(store__open(&s, dir, 64u << 20, true, 0, err, sizeof(err)), STORE_OK);
 	CHECK_EQ_INT(store__begin(s, false, &t), STORE_OK);
 	CHECK_EQ_INT(store__conv_get(t, "g", &got), STORE_OK);
 	CHECK_EQ_INT(got.last_seq, 300);
@@ -138,7 +138,7 @@ int main(void)
 
 	/* a full map fails the write, and the store keeps serving reads */
 	dir = tmp_db_dir();
-	CHECK_EQ_INT(store__open(&s, dir, 1u << 20, false, err, sizeof(err)), STORE_OK);
+	CHECK_EQ_INT(store__open(&s, dir, 1u << 20, false, 0, err, sizeof(err)), STORE_OK);
 	{
 		char big[2000];
 		int rc = STORE_OK;
