@@ -159,7 +159,7 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	/* no fsync per commit: one flush at the end (store__close) */
-	if(store__open(&s, db, map_size, false, err, sizeof(err)) != STORE_OK){
+	if(store__open(&s, db, map_size, false, 0, err, sizeof(err)) != STORE_OK){
 		fprintf(stderr, "chatseed: %s\n", err);
 		return 1;
 	}

@@ -90,7 +90,7 @@ int main(int argc, char **argv)
 		long minflt0 = 0, majflt0 = 0;
 		struct rusage ru;
 		unsigned rs = seed;
-		const struct chat_client cl = {"hist", "histbench", 4, NULL, false};
+		const struct chat_client cl = {.username = "hist", .client_id = "histbench", .protocol_version = 4};
 
 		if(!colon){
 			fprintf(stderr, "histbench: --convs wants ID:SIZE,...\n");
@@ -110,6 +110,7 @@ int main(int argc, char **argv)
 				long long before = limit + 1 + (long long)(rand_r(&rs) % (unsigned)(size - limit + 1));
 				char payload[256];
 				struct chat_outbox out;
+				struct chat_rewrite rw = {0};
 				enum chat_verdict v;
 				uint64_t t0, t1;
 				int len = snprintf(payload, sizeof(payload),
@@ -117,7 +118,7 @@ int main(int argc, char **argv)
 						limit, i);
 				outbox__init(&out);
 				t0 = now_ns();
-				v = chat__handle_publish(chat, &cl, "chat/req", payload, (size_t)len, &out);
+				v = chat__handle_publish(chat, &cl, "chat/req", payload, (size_t)len, &out, &rw);
 				t1 = now_ns();
 				if(v != CHAT_CONSUMED || !out.head || strncmp(out.head->payload, "{\"ok\":true", 10) != 0){
 					if(bad++ < 3) fprintf(stderr, "histbench: bad reply: %.200s\n", out.head ? out.head->payload : "(none)");
