@@ -7,6 +7,7 @@
 #     the sanitized plugin, ASan runtime preloaded; tests/bridge: the sanitized push
 #     bridge against loopback FCM/APNs/webhook stand-ins); any ASan/UBSan/leak report
 #     fails the test that produced it.
+#  5. runs the benchmark's smoke run (plain mosquitto vs the plugin, tiny sizes).
 # CHAT_SANITIZE=valgrind runs the brokers under valgrind instead (slower);
 # CHAT_SANITIZE=none runs the plain build.
 set -euo pipefail
@@ -31,3 +32,10 @@ echo "==> integration tests (sanitizer: $mode)"
 export CHAT_PLUGIN="$PWD/$build/plugin/mosquitto_chat.so"
 export CHAT_SANITIZE="$mode"
 python3 -m pytest tests/integration tests/bridge "$@"
+
+# The benchmark's smoke run: the same harness at tiny sizes, figures printed,
+# no time assertions (bench/README.md). It needs the unsanitized build.
+echo "==> benchmark smoke run"
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build
+python3 bench/run.py --smoke --workdir "${TMPDIR:-/tmp}" --results "$(mktemp -d)"
