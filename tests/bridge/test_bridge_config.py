@@ -108,9 +108,9 @@ def test_usage_errors(tmp_path):
 
 
 def test_example_config_is_valid(tmp_path, pki):
-    """bridge/mosquitto-chat-bridge.conf.example passes -t once a provider is on and its files exist."""
+    """mosquitto-chat-bridge.conf.example (top level) passes -t once a provider is on and its files exist."""
     from harness import ROOT
-    text = (ROOT / "bridge" / "mosquitto-chat-bridge.conf.example").read_text()
+    text = (ROOT / "mosquitto-chat-bridge.conf.example").read_text()
     sa = pki.write_service_account(tmp_path / "sa.json", client_email="b@p.iam.gserviceaccount.com",
                                    project_id="p", token_uri="https://oauth2.googleapis.com/token")
     text = (text.replace("webhook_enabled = false", "webhook_enabled = true")
