@@ -118,7 +118,7 @@ static struct {
 	.group_size = 10,
 	.storm_msgs = 20,
 	.connect_concurrency = 256,
-	.max_outstanding = 1000,
+	.max_outstanding = 200,
 	.hist_requests = 2000,
 	.hist_limit = 50,
 	.broker_pid = 0,
@@ -1737,7 +1737,7 @@ static void usage(void)
 		"  --warmup S --duration S --drain S   (2, 10, 5)\n"
 		"  --senders N --convs N --receivers N (20, 1000, 50)   --body BYTES (200)\n"
 		"  --members N                fanout group size (500)\n"
-		"  --max-outstanding N        open loop: unacked messages a sender hands libmosquitto (1000)\n"
+		"  --max-outstanding N        open loop: unacked messages a sender hands libmosquitto (200)\n"
 		" history:\n"
 		"  --hist-convs ID:SIZE,...   seeded conversations (see chatseed), user 'hist'\n"
 		"  --hist-requests N          requests per conversation (2000), one at a time\n"

@@ -80,7 +80,7 @@ def free_port():
 class Broker:
     """One mosquitto process: plain, or with the plugin in one fsync mode."""
 
-    def __init__(self, target, workdir, plugin, cpu, db=None, map_size=None, name=None):
+    def __init__(self, target, workdir, plugin, cpu, db=None, map_size=None, name=None, plugin_opts=()):
         self.target = target
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix=(name or target) + "-", dir=workdir)
@@ -111,6 +111,9 @@ class Broker:
             ]
             if map_size:
                 conf.append(f"plugin_opt_map_size {map_size}")
+            for kv in plugin_opts:
+                k, v = kv.split("=", 1)
+                conf.append(f"plugin_opt_{k} {v}")
         self.conf = os.path.join(self.dir, "mosquitto.conf")
         with open(self.conf, "w") as f:
             f.write("\n".join(conf) + "\n")
@@ -217,8 +220,8 @@ def on_signal(signum, frame):
 
 
 signal.signal(signal.SIGTERM, on_signal)
-signal.signal(signal.SIGHUP, on_signal)
 signal.signal(signal.SIGINT, on_signal)
+signal.signal(signal.SIGHUP, signal.SIG_IGN)   # a closed terminal does not end a 25-minute run
 
 
 # --------------------------------------------------------------------------
@@ -243,6 +246,16 @@ class Runner:
         base = args.workdir or None
         self.workdir = tempfile.mkdtemp(prefix="chatbench-", dir=base)
         self.records = []
+        # every record is also appended here as it comes: a run cut short
+        # can still be reported (--report-from)
+        os.makedirs(RESULTS, exist_ok=True)
+        self.partial = os.path.join(RESULTS, "runs.partial.jsonl")
+        open(self.partial, "w").close()
+
+    def add(self, r):
+        self.records.append(r)
+        with open(self.partial, "a") as f:
+            f.write(json.dumps(r) + "\n")
 
     def cleanup(self):
         kill_all_brokers()
@@ -277,6 +290,8 @@ class Runner:
             with open("/proc/stat") as f:
                 v = [int(x) for x in f.readline().split()[1:9]]
             return v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
+        if self.args.quiet_wait <= 0:
+            return 0.0
         deadline = time.time() + self.args.quiet_wait
         hz = os.sysconf("SC_CLK_TCK")
         while True:
@@ -320,7 +335,9 @@ class Runner:
         others_user_cpu_pct)."""
         for attempt in range(self.args.retries + 1):
             pre_busy = self.wait_quiet()
-            b = Broker(target, self.workdir, self.plugin, self.broker_cpu, **(broker_kw or {}))
+            kw = dict(broker_kw or {})
+            kw.setdefault("plugin_opts", self.args.plugin_opt or ())
+            b = Broker(target, self.workdir, self.plugin, self.broker_cpu, **kw)
             excl = {os.getpid(), b.pid}
             u0, t0 = self.user_cpu(excl), time.time()
             try:
@@ -344,7 +361,7 @@ class Runner:
         for r in recs:
             r.update({"target": target, "rep": rep, "tag": tag or workload, "pre_busy_cpu": round(pre_busy, 3),
                       "attempts": attempt + 1})
-            self.records.append(r)
+            self.add(r)
             log("   " + summary(r))
         return recs
 
@@ -394,7 +411,7 @@ def run_all(R, P, only):
             log(f"fsync ceiling {rep + 1}/{P['repeat']}")
             for r in R.tool("fsyncceiling", ["--dir", R.workdir, "--seconds", P["fsync_seconds"]]):
                 r.update({"workload": "fsync", "target": "disk", "rep": rep, "tag": "fsync"})
-                R.records.append(r)
+                R.add(r)
                 fsync.append(r["lmdb_commits_s"])
 
     if "one2one" in only:
@@ -446,7 +463,7 @@ def run_all(R, P, only):
         seed = R.tool("chatseed", ["--db", hdb, "--sizes", sizes, "--map-size", "16G"], cpu=False)
         for r in seed:
             r.update({"workload": "history-seed", "target": "-", "rep": 0, "tag": "seed"})
-            R.records.append(r)
+            R.add(r)
         convs = seed[-1]["convs"]
         log(f"seeded in {time.time() - t0:.0f} s ({os.path.getsize(os.path.join(hdb, 'data.mdb')) / 2**30:.1f} GiB)")
         for rep in range(P["repeat"]):
@@ -454,7 +471,7 @@ def run_all(R, P, only):
             for r in R.tool("histbench", ["--db", hdb, "--convs", convs, "--requests", P["histbench_requests"],
                                           "--seed", rep + 1]):
                 r.update({"target": "core", "rep": rep, "tag": "hist-server"})
-                R.records.append(r)
+                R.add(r)
             for t in ("plugin-off", "plugin-always"):
                 log(f"history end to end {t} {rep + 1}/{P['repeat']}")
                 R.bench("history", t, rep, ["--hist-convs", convs, "--hist-requests", P["hist_requests"],
@@ -832,17 +849,21 @@ def main():
     ap.add_argument("--hist-sizes", help="history conversation sizes (default 1000,100000,10000000)")
     ap.add_argument("--duration", type=float, help="measurement seconds of traffic runs (default 10)")
     ap.add_argument("--plugin", help="another mosquitto_chat.so to measure (A/B a change; default build/plugin/)")
+    ap.add_argument("--plugin-opt", action="append", metavar="KEY=VALUE",
+                    help="an extra plugin_opt_KEY VALUE for the plugin brokers (repeatable), e.g. sync_interval_ms=0")
     ap.add_argument("--awake", action="store_true",
                     help="keep both CPUs from idling with SCHED_IDLE spinners (VMs: removes vCPU wake-up delays "
                          "from latency figures; see README)")
     ap.add_argument("--quiet-wait", type=float, default=None,
-                    help="seconds to wait before each run for other processes to go idle (default 60; smoke 5)")
+                    help="seconds to wait before each run for other processes to go idle (default 10; smoke 0)")
     ap.add_argument("--sched", choices=("rr", "nice", "none"), default="nice",
                     help="priority of brokers and tools: nice -20 (default, if permitted), SCHED_RR 10, none")
-    ap.add_argument("--retries", type=int, default=1,
-                    help="runs disturbed by other processes (> 20%% of a CPU) are done again this many times (1)")
+    ap.add_argument("--retries", type=int, default=None,
+                    help="runs disturbed by other processes (> 20%% of a CPU) are done again this many times "
+                         "(default 1; smoke 0)")
     ap.add_argument("--results", default=os.path.join(ROOT, "bench", "results"),
                     help="output directory (default bench/results)")
+    ap.add_argument("--report-from", help="only write the report, from a latest.json or runs.partial.jsonl")
     ap.add_argument("--merge", help="a previous latest.json: its runs of the workloads not run now join the report")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -852,7 +873,9 @@ def main():
     PRIORITY["sched"] = a.sched
     P = params(a.smoke)
     if a.quiet_wait is None:
-        a.quiet_wait = 5 if a.smoke else 10
+        a.quiet_wait = 0 if a.smoke else 10
+    if a.retries is None:
+        a.retries = 0 if a.smoke else 1
     if a.repeat:
         P["repeat"] = a.repeat
     if a.duration:
@@ -861,19 +884,36 @@ def main():
         P["hist_sizes"] = a.hist_sizes
     only = set(a.only.split(","))
     cmdline = "python3 bench/run.py" + ("" if len(sys.argv) == 1 else " " + " ".join(sys.argv[1:]))
-    R = Runner(a)
-    if a.awake:
-        start_spinners()
     t0 = time.time()
-    info = machine_info(R.workdir)
-    info["plugin"] = R.plugin
-    info["awake_spinners"] = bool(a.awake)
-    info["sched"] = a.sched
-    log(f"work directory {R.workdir}; broker CPU {R.broker_cpu}, generator CPU {R.gen_cpu}; {P['repeat']} repeat(s)")
-    try:
-        run_all(R, P, only)
-    finally:
-        R.cleanup()
+    if a.report_from:
+        # no measurement: a report from saved runs
+        import types
+        if a.report_from.endswith(".jsonl"):
+            with open(a.report_from) as f:
+                recs = [json.loads(line) for line in f if line.strip()]
+            prev = {}
+        else:
+            with open(a.report_from) as f:
+                prev = json.load(f)
+            recs = prev["runs"]
+            P = prev.get("params", P)
+            cmdline = prev.get("command", cmdline)
+        cpus = sorted(os.sched_getaffinity(0))
+        R = types.SimpleNamespace(records=recs, broker_cpu=cpus[0], gen_cpu=cpus[1] if len(cpus) > 1 else None)
+        info = prev.get("machine") or machine_info(tempfile.gettempdir())
+    else:
+        R = Runner(a)
+        if a.awake:
+            start_spinners()
+        info = machine_info(R.workdir)
+        info["plugin"] = R.plugin
+        info["awake_spinners"] = bool(a.awake)
+        info["sched"] = a.sched
+        log(f"work directory {R.workdir}; broker CPU {R.broker_cpu}, generator CPU {R.gen_cpu}; {P['repeat']} repeat(s)")
+        try:
+            run_all(R, P, only)
+        finally:
+            R.cleanup()
     if a.merge:
         with open(a.merge) as f:
             prev = json.load(f)
@@ -886,7 +926,8 @@ def main():
                    f"`{prev.get('command')}`, {prev.get('machine', {}).get('commit', '?')})"
     rows, fs_lmdb, fs_raw = figures(R.records, P)
     checks = targets_check(rows, fs_lmdb)
-    md = write_report(R, P, rows, fs_lmdb, fs_raw, checks, info, cmdline, time.time() - t0)
+    elapsed = (prev.get("elapsed_s") or 0) if a.report_from else time.time() - t0
+    md = write_report(R, P, rows, fs_lmdb, fs_raw, checks, info, cmdline, elapsed)
     charts(R, rows)
     print(md)
     log(f"done in {(time.time() - t0) / 60:.1f} min: {RESULTS}/latest.md, latest.json, *.png")
