@@ -178,6 +178,8 @@ void outbox__init(struct chat_outbox *ob);
 int outbox__add(struct chat_outbox *ob, const char *topic, char *payload, size_t len, enum outbox_target target, bool correlate);
 /* Prints obj and queues it; obj stays the caller's. */
 int outbox__add_json(struct chat_outbox *ob, const char *topic, const cJSON *obj, enum outbox_target target, bool correlate);
+/* Moves every entry of from to the end of ob, in order; from ends empty. */
+void outbox__append(struct chat_outbox *ob, struct chat_outbox *from);
 void outbox__clear(struct chat_outbox *ob);
 
 /* ======================================================================

@@ -210,11 +210,7 @@ enum chat_verdict message__send(struct chat *chat, const struct chat_client *cl,
 		chat__fail(&e, CHAT_E_STORE, "%s", store__last_error(chat->store));
 		goto store_failed;
 	}
-	if(store__member_get(txn, ref->id, cl->username, NULL) != STORE_OK
-			|| store__conv_get(txn, ref->id, &sc) != STORE_OK){
-		chat__fail(&e, CHAT_E_NOT_MEMBER, "you are not a member of this conversation");
-		goto refused;
-	}
+	if(conv__require_member(txn, ref->id, cl->username, &sc, NULL, &e)) goto refused;
 	if(store__cmid_get(txn, ref->id, cl->username, r.cmid, &seq) == STORE_OK){
 		struct store_txn *t = txn;
 		txn = NULL;   /* send__duplicate ends it */

@@ -47,6 +47,16 @@ int outbox__add_json(struct chat_outbox *ob, const char *topic, const cJSON *obj
 	return outbox__add(ob, topic, s, len, target, correlate);
 }
 
+void outbox__append(struct chat_outbox *ob, struct chat_outbox *from)
+{
+	if(!from->head) return;
+	*ob->tail = from->head;
+	ob->tail = from->tail;
+	ob->last = from->last;
+	ob->count += from->count;
+	outbox__init(from);
+}
+
 void outbox__clear(struct chat_outbox *ob)
 {
 	struct outbox_pub *p = ob->head, *next;

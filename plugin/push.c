@@ -294,13 +294,7 @@ void push__tick(struct chat *chat, struct chat_outbox *out)
 		}
 		if(store__commit(txn) == STORE_OK){
 			/* publish only what the outbox now records as sent */
-			if(batch.head){
-				*out->tail = batch.head;
-				out->tail = batch.tail;
-				out->last = batch.last;
-				out->count += batch.count;
-				outbox__init(&batch);
-			}
+			outbox__append(out, &batch);
 		}
 	}
 	outbox__clear(&batch);

@@ -172,12 +172,7 @@ enum chat_verdict request__handle(struct chat *chat, const struct chat_client *c
 	}
 	/* the reply first, then what the op caused */
 	outbox__add_json(out, topic, reply, OUTBOX_SENDER, true);
-	if(effects.head){
-		*out->tail = effects.head;
-		out->tail = effects.tail;
-		out->last = effects.last;
-		out->count += effects.count;
-	}
+	outbox__append(out, &effects);
 	cJSON_Delete(req);
 	cJSON_Delete(reply);
 	cJSON_Delete(result);
