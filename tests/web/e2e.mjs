@@ -24,8 +24,9 @@ const browser = await chromium.launch({
 });
 
 const pageErrors = [];
-async function user(name, viewport = DESKTOP) {
+async function user(name, viewport = DESKTOP, setup = null) {
 	const context = await browser.newContext({ viewport });
+	if (setup) await setup(context);
 	const page = await context.newPage();
 	page.setDefaultTimeout(WAIT_MS);
 	page.on('pageerror', (e) => pageErrors.push(`${name}: ${e.message}`));
@@ -193,6 +194,34 @@ const scenarios = {
 		await alice.page.goto(BASE + '#' + (await bob.page.evaluate(() => location.hash.slice(1))));
 		await msg(alice, 'sent while you were away').waitFor();
 		await shot(alice, 'restored');
+	},
+
+	// A cut connection: the page reconnects by itself and fills the gap with `history after`
+	// (a clean session gets nothing queued, so only the gap fill can bring the missed message).
+	async reconnect() {
+		// alice's WebSocket goes through Playwright, which can cut it and refuse new ones
+		const link = { blocked: false, live: [] };
+		const alice = await user(`alice${TAG}`, DESKTOP, (ctx) => ctx.routeWebSocket(/.*/, (ws) => {
+			if (link.blocked) { ws.close(); return; }
+			link.live.push({ ws, server: ws.connectToServer() });
+		}));
+		const bob = await user(`bob${TAG}`);
+		await startDirect(alice, bob);
+		await send(alice, 'before the cut');
+		await open(bob, alice.name);
+		link.blocked = true;
+		for (const { ws, server } of link.live.splice(0)) { await server.close(); await ws.close(); }
+		await alice.page.locator('#conn-status', { hasText: /reconnecting/i }).waitFor();
+		await send(bob, 'while alice was cut off');
+		await msg(bob, 'while alice was cut off').and(bob.page.locator('li[data-seq]')).waitFor();
+		await shot(alice, 'cut');
+		link.blocked = false;
+		await alice.page.locator('#conn-status', { hasText: 'Online' }).waitFor();
+		await msg(alice, 'while alice was cut off').waitFor();
+		await status(bob, 'while alice was cut off', 'read');   // the gap fill acknowledged it
+		await send(alice, 'after the cut');
+		await msg(bob, 'after the cut').waitFor();
+		await shot(alice, 'refilled');
 	},
 
 	// Errors the server sends are shown in words, not codes.
