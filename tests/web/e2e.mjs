@@ -100,6 +100,11 @@ const scenarios = {
 		await msg(bob, 'Welcome to the team').waitFor();
 		await bob.page.locator('#message-list li.system', { hasText: 'created “Team”' }).waitFor();
 		await open(alice, bob.name);
+		await bob.page.click('#back-button');
+		await open(bob, alice.name);
+		await bob.page.click('#composer-input');
+		await bob.page.keyboard.type('Sure, see you at', { delay: 20 });
+		await alice.page.locator('#typing', { hasText: 'is typing' }).waitFor();
 		await shot(alice, 'desktop');
 		await shot(bob, 'phone');
 	},
