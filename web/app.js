@@ -750,7 +750,7 @@
 
 		$('conv-list').addEventListener('click', (ev) => {
 			const b = ev.target.closest('button[data-conv]');
-			if (b) openConv(b.dataset.conv);
+			if (b) { openConv(b.dataset.conv); $('composer-input').focus(); }
 		});
 		$('conv-list').addEventListener('keydown', (ev) => {
 			if (ev.key !== 'ArrowDown' && ev.key !== 'ArrowUp') return;

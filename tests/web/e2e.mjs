@@ -45,7 +45,7 @@ const convItem = (u, title) => u.page.locator('#conv-list button', { has: u.page
 const msg = (u, body) => u.page.locator('#message-list li').filter({ has: u.page.getByText(body, { exact: true }) });
 
 async function startDirect(a, b) {
-	await a.page.click('#new-chat summary');
+	if (!(await a.page.locator('#new-chat').evaluate((d) => d.open))) await a.page.click('#new-chat summary');
 	await a.page.fill('#new-direct-user', b.name);
 	await a.page.click('#new-direct-form button');
 	await a.page.locator('#conv-title', { hasText: b.name }).waitFor();
@@ -99,6 +99,7 @@ const scenarios = {
 		await open(bob, 'Team');
 		await msg(bob, 'Welcome to the team').waitFor();
 		await bob.page.locator('#message-list li.system', { hasText: 'created “Team”' }).waitFor();
+		await status(alice, 'Welcome to the team', 'read');
 		await open(alice, bob.name);
 		await bob.page.click('#back-button');
 		await open(bob, alice.name);
@@ -120,8 +121,11 @@ const scenarios = {
 		await bob.page.keyboard.type('I am writing', { delay: 30 });
 		await alice.page.locator('#typing', { hasText: `${bob.name} is typing…` }).waitFor();
 		await shot(alice, 'shown');
+		// typing longer than the plugin's ttl (6 s): the page's resends every 2 s keep it shown
+		await bob.page.keyboard.type(' and writing'.repeat(3), { delay: 200 });
+		await alice.page.locator('#typing', { hasText: `${bob.name} is typing…` }).waitFor({ timeout: 1000 });
 		await bob.page.press('#composer-input', 'Enter');
-		await msg(alice, 'I am writing').waitFor();
+		await msg(alice, 'I am writing and writing and writing and writing').waitFor();
 		await alice.page.locator('#typing').filter({ hasText: /^$/ }).waitFor();
 		// typing, then deleting the text: "idle" clears it without a message
 		await bob.page.keyboard.type('again', { delay: 30 });
@@ -227,6 +231,34 @@ const scenarios = {
 		await send(alice, 'after the cut');
 		await msg(bob, 'after the cut').waitFor();
 		await shot(alice, 'refilled');
+	},
+
+	// Keyboard only: sign in, move through the list with the arrow keys, open, write, send.
+	async keyboard() {
+		const bob = await user(`bob${TAG}`);
+		const carol = await user(`carol${TAG}`);
+		const context = await browser.newContext({ viewport: DESKTOP });
+		const page = await context.newPage();
+		page.setDefaultTimeout(WAIT_MS);
+		await page.goto(BASE);
+		await page.keyboard.type(`alice${TAG}`);   // the user id field has the focus
+		await page.keyboard.press('Enter');
+		await page.locator('#conn-status', { hasText: 'Online' }).waitFor();
+		const alice = { name: `alice${TAG}`, context, page };
+		await startDirect(alice, bob);
+		await startDirect(alice, carol);
+		await open(bob, alice.name);
+		await send(bob, 'from bob');   // bob's conversation is now the newest: first in the list
+		await page.locator('#conv-list li:first-child .name', { hasText: bob.name }).waitFor();
+		await page.focus('#conv-list li:first-child button');
+		await page.keyboard.press('ArrowDown');
+		await page.keyboard.press('Enter');
+		await page.locator('#conv-title', { hasText: carol.name }).waitFor();
+		await page.keyboard.type('typed without a mouse');   // opening puts the focus in the message box
+		await page.keyboard.press('Enter');
+		await msg(alice, 'typed without a mouse').and(page.locator('li[data-seq]')).waitFor();   // stamped
+		await open(carol, alice.name);
+		await msg(carol, 'typed without a mouse').waitFor();
 	},
 
 	// Errors the server sends are shown in words, not codes.

@@ -29,7 +29,7 @@ from helpers import Broker  # noqa: E402
 WEB = (ROOT / "web").resolve()   # mosquitto compares real paths with http_dir: no symlinks
 ARTIFACTS = HERE / "artifacts"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-SCENARIOS = ["chat", "typing", "ticks", "presence", "reload", "reconnect", "errors"]
+SCENARIOS = ["chat", "typing", "ticks", "presence", "reload", "reconnect", "keyboard", "errors"]
 # a scenario that hangs is a failure, not a stuck suite (the scenarios bound their own waits)
 NODE_TIMEOUT_S = 180
 
