@@ -656,10 +656,16 @@
 		}
 		setTicks(li, { status: p.status, read: 0, of: 0 });
 		li.classList.toggle('failed', p.status === 'failed');
-		if (p.status === 'failed' && !li.querySelector('.fail')) {
-			const f = el('span', 'fail', p.error);
-			f.setAttribute('role', 'alert');
-			li.append(f);
+		if (p.status === 'failed') {
+			// the PUBACK (0x87) usually comes before the send_failed event that says why
+			let f = li.querySelector('.fail');
+			if (!f) {
+				f = el('span', 'fail');
+				f.setAttribute('role', 'alert');
+				li.append(f);
+			}
+			f.textContent = p.error;
+			$('messages').scrollTop = $('messages').scrollHeight;
 		}
 	}
 

@@ -273,6 +273,12 @@ const scenarios = {
 		await alice.page.locator('#app-error', { hasText: /not a valid id|A value was not accepted/ }).waitFor();
 		const text = await alice.page.locator('#app-error').textContent();
 		assert(!/^[a-z_]+$/.test(text.trim()), `error shown as a bare code: ${text}`);
+		// a refused send (PUBACK 0x87 + send_failed too_large: 9000 × "ä" is 18000 bytes > max_body)
+		// stays in the conversation, marked, with the reason in words
+		await startDirect(alice, { name: `bob${TAG}` });
+		await alice.page.fill('#composer-input', 'ä'.repeat(9000));
+		await alice.page.press('#composer-input', 'Enter');
+		await alice.page.locator('#message-list li.failed[data-status="failed"] .fail', { hasText: 'too large' }).waitFor();
 		// a wrong login id is refused in the page before anything is sent
 		const page2 = await (await browser.newContext()).newPage();
 		await page2.goto(BASE);
