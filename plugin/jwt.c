@@ -25,6 +25,7 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/pem.h>
+#include <openssl/x509.h>
 
 #include "chat.h"
 #include "jwt.h"
@@ -246,12 +247,15 @@ static int add_pkey(struct jwt_keys *keys, EVP_PKEY *pk, char *err, size_t errle
 	return 0;
 }
 
-/* Every "PUBLIC KEY" PEM block of pem; at least one, nothing unparsable. */
+/* Every PEM block of pem, each a "PUBLIC KEY" (SubjectPublicKeyInfo); at
+ * least one. Blocks are read generically so that anything else in the file
+ * (a private key, a certificate, a damaged block) is an error, not skipped. */
 static int add_pem(struct jwt_keys *keys, const char *pem, size_t len, char *err, size_t errlen)
 {
 	BIO *bio = BIO_new_mem_buf(pem, (int)len);
-	EVP_PKEY *pk;
-	unsigned long e;
+	char *name = NULL, *header = NULL;
+	unsigned char *data = NULL;
+	long dlen = 0;
 	int rc = 0;
 
 	if(!bio){
@@ -259,23 +263,37 @@ static int add_pem(struct jwt_keys *keys, const char *pem, size_t len, char *err
 		return -1;
 	}
 	ERR_clear_error();
-	while((pk = PEM_read_bio_PUBKEY(bio, NULL, NULL, NULL)) != NULL){
-		if(add_pkey(keys, pk, err, errlen)){
-			EVP_PKEY_free(pk);
+	while(!rc && PEM_read_bio(bio, &name, &header, &data, &dlen) == 1){
+		const unsigned char *p = data;
+		EVP_PKEY *pk = NULL;
+		if(strcmp(name, "PUBLIC KEY")){
+			snprintf(err, errlen, "plugin_opt_jwt_public_key_file: block %zu is \"%.40s\", not \"PUBLIC KEY\"",
+					keys->count + 1, name);
 			rc = -1;
-			break;
+		}else if(!(pk = d2i_PUBKEY(NULL, &p, dlen)) || p != data + dlen){
+			snprintf(err, errlen, "plugin_opt_jwt_public_key_file: key %zu cannot be parsed", keys->count + 1);
+			rc = -1;
+		}else if(add_pkey(keys, pk, err, errlen)){
+			rc = -1;
+		}else{
+			pk = NULL;
 		}
+		EVP_PKEY_free(pk);
+		OPENSSL_free(name);
+		OPENSSL_free(header);
+		OPENSSL_free(data);
+		name = header = NULL;
+		data = NULL;
 	}
 	if(!rc){
-		/* the loop ends at the end of the text (no further start line) or at a
-		 * block it could not parse */
-		e = ERR_peek_last_error();
-		if(keys->count == 0){
-			snprintf(err, errlen, "plugin_opt_jwt_public_key_file: no PEM \"PUBLIC KEY\" block found");
+		/* the loop ends at the end of the text (no further start line) or at
+		 * a block it could not read */
+		unsigned long e = ERR_peek_last_error();
+		if(e && !(ERR_GET_LIB(e) == ERR_LIB_PEM && ERR_GET_REASON(e) == PEM_R_NO_START_LINE)){
+			snprintf(err, errlen, "plugin_opt_jwt_public_key_file: block %zu is not valid PEM", keys->count + 1);
 			rc = -1;
-		}else if(e && !(ERR_GET_LIB(e) == ERR_LIB_PEM && ERR_GET_REASON(e) == PEM_R_NO_START_LINE)){
-			snprintf(err, errlen, "plugin_opt_jwt_public_key_file: key %zu cannot be parsed: %s",
-					keys->count + 1, ERR_reason_error_string(e) ? ERR_reason_error_string(e) : "unknown error");
+		}else if(keys->count == 0){
+			snprintf(err, errlen, "plugin_opt_jwt_public_key_file: no PEM \"PUBLIC KEY\" block found");
 			rc = -1;
 		}
 	}
