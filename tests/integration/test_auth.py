@@ -337,3 +337,21 @@ def test_defer_users_to_password_file(make_broker, tmp_path, users):
     with pytest.raises(ConnectRefused):  # the password file is not asked for alice
         br.client(a, password="alice-pw")
     br.client(a, password=token(keys, a, iss=None, aud=None))
+
+
+@pytest.mark.parametrize("auth", [None, "none"])
+def test_auth_none_leaves_anonymous_logins_alone(make_broker, users, auth):
+    """auth none registers no BASIC_AUTH callback: with allow_anonymous true, any username with
+    any (or no) password and anonymous clients get in, as with no plugin at all. (A registered
+    callback that deferred would make mosquitto refuse every client with a username.)"""
+    br = make_broker(opts={"auth": auth})
+    a, b = users("alice", "bob")
+    alice = br.client(a, password="whatever")
+    bob = br.client(b, protocol=4)
+    br.client(None)
+    assert raw_connect_v311(br.port, None, None) == 0
+    d = alice.create_direct(b)
+    bob.sub_conv(d)
+    assert alice.send(d, "no auth").rc == 0x10
+    assert bob.expect_message(d)["body"] == "no auth"
+    assert "auth jwt" not in br.all_output() and "login refused" not in br.all_output()
