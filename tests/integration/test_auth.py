@@ -20,7 +20,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from helpers import ConnectRefused, mosquitto_passwd, wait_until
+import os
+
+from helpers import DYNSEC_PLUGIN, ConnectRefused, dynsec_config, mosquitto_passwd, wait_until
 
 ISSUER = "https://id.chat.test"
 AUDIENCE = "chat"
@@ -337,6 +339,35 @@ def test_defer_users_to_password_file(make_broker, tmp_path, users):
     with pytest.raises(ConnectRefused):  # the password file is not asked for alice
         br.client(a, password="alice-pw")
     br.client(a, password=token(keys, a, iss=None, aud=None))
+
+
+def test_jwt_beside_dynamic_security(make_broker, tmp_path, users):
+    """auth jwt with dynamic-security loaded after the plugin: chat users log in by JWT, the
+    deferred admin by its dynsec password; a dynsec password is no JWT for anyone else."""
+    keys = Keys(tmp_path)
+    a, b = users("alice", "bob")
+    cfg = tmp_path / "dynsec.json"
+    dynsec_config(cfg, admin=("admin", "admin-pw"), clients={a: "dyn-a"}, role="app-user",
+                  acls=[{"acltype": "subscribePattern", "topic": "app/#", "allow": True}])
+    assert os.path.exists(DYNSEC_PLUGIN)
+    br = make_broker(allow_anonymous=False,
+                     opts={"auth": "jwt", "jwt_public_key_file": str(keys.pub_file), "jwt_defer_users": "admin"},
+                     extra_conf=[f"plugin {DYNSEC_PLUGIN}", f"plugin_opt_config_file {cfg}"])
+    admin = br.client("admin", password="admin-pw", auto_sub=False)
+    assert admin.subscribe("$CONTROL/dynamic-security/v1/response") == [1]
+    admin.publish("$CONTROL/dynamic-security/v1", {"commands": [{"command": "listClients"}]})
+    resp = json.loads(admin.expect_msg("$CONTROL/dynamic-security/v1/response").payload)
+    assert a in resp["responses"][0]["data"]["clients"]
+    with pytest.raises(ConnectRefused):
+        br.client("admin", password="wrong")
+    with pytest.raises(ConnectRefused):
+        br.client(a, password="dyn-a")
+    alice = br.client(a, password=token(keys, a, "RS256", iss=None, aud=None))
+    bob = br.client(b, password=token(keys, b, "ES256", iss=None, aud=None), protocol=4)
+    g = alice.create_group("G", [b])
+    bob.sub_conv(g)
+    assert alice.send(g, "jwt + dynsec").rc == 0x10
+    assert bob.expect_message(g)["body"] == "jwt + dynsec"
 
 
 @pytest.mark.parametrize("auth", [None, "none"])
