@@ -261,6 +261,30 @@ const scenarios = {
 		await msg(carol, 'typed without a mouse').waitFor();
 	},
 
+	// A broker with `auth jwt`: the token goes in the password field; a refused login is said in
+	// words on the form; a reload does not sign in again by itself (the token is never stored).
+	async jwt() {
+		const { user: name, token, bad } = JSON.parse(process.env.E2E_JWT);
+		const context = await browser.newContext({ viewport: PHONE });
+		const page = await context.newPage();
+		page.setDefaultTimeout(WAIT_MS);
+		page.on('pageerror', (e) => pageErrors.push(`jwt: ${e.message}`));
+		await page.goto(BASE);
+		await page.fill('#login-user', name);
+		await page.fill('#login-password', bad);
+		await page.click('#login-submit');
+		await page.locator('#login-error', { hasText: 'Not authorised to connect.' }).waitFor();
+		await page.screenshot({ path: path.join(ARTIFACTS, `${scenario}-refused.png`) });
+		await page.fill('#login-password', token);
+		await page.click('#login-submit');
+		await page.locator('#conn-status', { hasText: 'Online' }).waitFor();
+		await page.locator('#me-name', { hasText: name }).waitFor();
+		await page.reload();
+		await page.locator('#login-view').waitFor({ state: 'visible' });
+		assert(await page.inputValue('#login-user') === name, 'the user id is kept for the form');
+		assert(await page.inputValue('#login-password') === '', 'the token is not kept');
+	},
+
 	// Errors the server sends are shown in words, not codes.
 	async errors() {
 		const alice = await user(`alice${TAG}`);
