@@ -192,7 +192,7 @@ void outbox__clear(struct chat_outbox *ob);
 
 struct chat_stats {
 	uint64_t started_ms;
-	uint64_t last_ms;                    /* when the last stats were published (0: never) */
+	uint64_t last_ms;                    /* when the last interval began (0: no tick yet) */
 	uint64_t requests, history_requests; /* counted since start */
 	uint64_t refused[CHAT_STATS_CODES];  /* refused publishes (send_failed), by code */
 	uint64_t request_errors[CHAT_STATS_CODES]; /* {"ok":false} replies, by code */

@@ -171,10 +171,12 @@ void stats__tick(struct chat *chat, uint64_t now, struct chat_outbox *out)
 	cJSON *o;
 
 	if(!chat->cfg.stats_interval_ms) return;
-	if(!st->started_ms) st->started_ms = now;
-	if(st->last_ms && now - st->last_ms < chat->cfg.stats_interval_ms) return;
-	/* the first report covers the time since start */
-	dt = now - (st->last_ms ? st->last_ms : st->started_ms);
+	if(!st->last_ms){   /* the first tick starts the first interval */
+		st->last_ms = now;
+		return;
+	}
+	if(now - st->last_ms < chat->cfg.stats_interval_ms) return;
+	dt = now - st->last_ms;
 	o = stats__build(chat, now, dt);
 	if(o && topic__build(topic, sizeof(topic), &chat->cfg, "stats", NULL, NULL)
 			&& outbox__add_json(out, topic, o, OUTBOX_ALL, false) == 0){
