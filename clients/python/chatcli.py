@@ -98,6 +98,7 @@ class ChatCLI:
         self.typing: dict[tuple[str, str], float] = {}
         self.replies: dict[str, dict] = {}
         self.reply_cond = threading.Condition()
+        self.subscribed: set[str] = set()   # filters of this connection (each subscribed once)
         self.req_ids = itertools.count(1)
         self.work: queue.Queue = queue.Queue()
         self.connected = threading.Event()
@@ -152,8 +153,10 @@ class ChatCLI:
         if reason_code.is_failure:
             self.show(f"! connection refused: {reason_code}")
             return
+        with self.lock:
+            self.subscribed.clear()    # clean start: the broker holds none of them now
         self.connected.set()
-        client.subscribe(f"{self.p}/u/{self.me}/+", qos=1)
+        self.subscribe([f"{self.p}/u/{self.me}/+"])
         client.publish(f"{self.p}/p/{self.me}", json.dumps({"state": "online"}), qos=1, retain=True)
         self.work.put(("resync",))
 
@@ -324,9 +327,16 @@ class ChatCLI:
             else:
                 conv.set_members(info.get("members", conv.members))
                 conv.name = info.get("name", conv.name)
-        self.c.subscribe([(f"{self.p}/c/{conv.id}/+", 1)] +
-                         [(f"{self.p}/p/{u}", 1) for u in conv.members if u != self.me])
+        self.subscribe([f"{self.p}/c/{conv.id}/+"] + [f"{self.p}/p/{u}" for u in conv.members if u != self.me])
         return conv
+
+    def subscribe(self, filters: list[str]) -> None:
+        """Subscribes to the filters this connection does not have yet, in one SUBSCRIBE."""
+        with self.lock:
+            new = [f for f in filters if f not in self.subscribed]
+            self.subscribed.update(new)
+        if new:
+            self.c.subscribe([(f, 1) for f in new])
 
     def resync(self) -> None:
         """After a (re)connect: conversations, subscriptions, and every gap filled."""
