@@ -15,7 +15,8 @@ Type a line to send it to the open conversation; commands start with '/':
     /group <name> <user…>   create a group with those members and open it
     /history [n]            scroll back: the n (20) messages before the oldest shown
     /who                    presence of the open conversation's members
-    /typing                 tell the open conversation you are typing (idle when you send)
+    /typing                 tell the open conversation you are typing (in a terminal this happens
+                            by itself while a line is being typed; idle when you send or clear it)
     /read                   mark the open conversation read
     /help, /quit
 
@@ -44,6 +45,8 @@ except ImportError:  # pragma: no cover
     readline = None
 
 REQUEST_TIMEOUT = 10.0
+TYPING_REFRESH = 2.0   # resend "typing" this often while typing (the plugin's typing_interval_ms)
+TYPING_POLL = 0.3
 PAGE = 200   # history page when filling gaps (the plugin's default history_limit)
 
 
@@ -104,6 +107,7 @@ class ChatCLI:
         self.connected = threading.Event()
         self.stopping = False
         self.tty = sys.stdin.isatty() and readline is not None
+        self.typing_sent: tuple[str, float] | None = None   # (conv, when) of our last "typing"
 
         cid = args.client_id or f"{self.me}-cli-{uuid.uuid4().hex[:6]}"
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
@@ -471,8 +475,38 @@ class ChatCLI:
             self.show(f"  {u}: {state}{since}")
 
     def cmd_typing(self, _args: list[str]) -> None:
-        conv = self.current_conv()
-        self.c.publish(f"{self.p}/typing/{conv.id}", json.dumps({"state": "typing"}), qos=0)
+        self.set_typing(self.current_conv().id, True)
+
+    def set_typing(self, conv_id: str, typing: bool) -> None:
+        """Publishes "typing" (refreshed every TYPING_REFRESH s) or "idle" (once, after typing)."""
+        now = time.monotonic()
+        with self.lock:
+            last = self.typing_sent
+            if typing:
+                if last and last[0] == conv_id and now - last[1] < TYPING_REFRESH:
+                    return
+                self.typing_sent = (conv_id, now)
+            else:
+                if not last:
+                    return
+                self.typing_sent = None
+                conv_id = last[0]
+        self.c.publish(f"{self.p}/typing/{conv_id}", json.dumps({"state": "typing" if typing else "idle"}), qos=0)
+
+    def typing_watch(self) -> None:
+        """In a terminal: watches the line being edited (readline's buffer) and says "typing"
+        while it holds text that is not a command, "idle" when it is cleared."""
+        while not self.stopping:
+            time.sleep(TYPING_POLL)
+            try:
+                buf = readline.get_line_buffer()
+            except Exception:  # noqa: BLE001
+                continue
+            cur = self.current
+            if cur and buf.strip() and not buf.startswith("/") and self.connected.is_set():
+                self.set_typing(cur, True)
+            elif not buf.strip():
+                self.set_typing(cur or "", False)
 
     def cmd_read(self, _args: list[str]) -> None:
         self.mark_read(self.current_conv())
@@ -485,7 +519,7 @@ class ChatCLI:
         conv = self.current_conv()
         payload = json.dumps({"cmid": uuid.uuid4().hex, "body": text})
         self.c.publish(f"{self.p}/send/{conv.id}", payload, qos=1)   # queued by paho while offline
-        self.c.publish(f"{self.p}/typing/{conv.id}", json.dumps({"state": "idle"}), qos=0)
+        self.set_typing(conv.id, False)
 
     COMMANDS = {"list": cmd_list, "open": cmd_open, "dm": cmd_dm, "group": cmd_group, "history": cmd_history,
                 "who": cmd_who, "typing": cmd_typing, "read": cmd_read, "help": cmd_help}
@@ -517,6 +551,8 @@ class ChatCLI:
 
     def run(self) -> int:
         threading.Thread(target=self.worker, name="chatcli-worker", daemon=True).start()
+        if self.tty:
+            threading.Thread(target=self.typing_watch, name="chatcli-typing", daemon=True).start()
         self.show(f"* connecting to {self.args.host}:{self.args.port} as {self.me}…")
         self.c.connect_async(self.args.host, self.args.port, keepalive=self.args.keepalive,
                              clean_start=True)

@@ -86,11 +86,12 @@ def test_two_terminals_send_receive_and_history(broker, term, users):
     b.cmd("/list")
     b.expect(r"unread 0")
 
-    # typing and presence
-    b.cmd("/typing")
+    # typing (seen in the line being edited), idle once it is sent, and presence
+    b.p.send("hi al")
     a.expect(rf"\[@{bob}\] {bob} is typing…")
-    b.cmd("hi alice")
+    b.cmd("ice")
     a.expect(rf"\[@{bob}\] {ANY}{bob}: hi alice \(#3\)")
+    a.expect(rf"\[@{bob}\] {bob} stopped typing")
     b.expect(rf"\[@{alice}\] {ANY}{bob}: hi alice \(#3\)")
     a.cmd("/who")
     a.expect(rf"{bob}: online")
@@ -120,6 +121,8 @@ def test_two_terminals_send_receive_and_history(broker, term, users):
     a2.cmd(f"/group team {bob}")
     a2.expect(r"--- #team \((g_\w+)")
     b.expect(rf"\* {alice} added you to g_\w+")
+    a2.cmd("/typing")
+    b.expect(rf"\[#team\] {alice} is typing…")
     a2.cmd("/open g_nonexistent00")
     a2.expect(r"! not_found: no conversation")
     a2.quit()
