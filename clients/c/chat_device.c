@@ -25,7 +25,7 @@
  * strings correctly; it does not validate. Link with -lmosquitto only.
  *
  *   chat_device -h host -p 1883 -u sensor1 [-P pw] (-c conv | -w user)
- *               [-m text]... [-r n -t ms] [-S statefile] [-x n] [-i client_id]
+ *               [-m text]... [-r n -t ms] [-S statefile] [-x n] [-l page] [-i client_id]
  *
  * -x n: exit (0) once n messages from others were received and acked and all
  * sends were acked — handy for tests and one-shot jobs. Prints one line per
@@ -48,7 +48,7 @@
 #define ID_MAX 64
 #define TOPIC_MAX 160
 #define MAX_SENDS 32
-#define HISTORY_PAGE 50
+#define HISTORY_PAGE 50         /* default -l: messages per history request */
 
 struct device {
 	struct mosquitto *mosq;
@@ -68,6 +68,7 @@ struct device {
 	long boot;                     /* part of every cmid: unique per run */
 	int cmid_seq;
 	int exit_after, received;      /* -x */
+	int page;                      /* -l */
 };
 
 static volatile sig_atomic_t stop;
@@ -320,7 +321,7 @@ static void fill_gap(struct device *d)
 	d->filling = true;
 	d->gap_seen = false;
 	snprintf(body, sizeof(body), "\"op\":\"history\",\"conv\":\"%s\",\"after\":%llu,\"limit\":%d",
-			d->conv, (unsigned long long)d->last_seq, HISTORY_PAGE);
+			d->conv, (unsigned long long)d->last_seq, d->page);
 	request(d, "history", body);
 }
 
@@ -523,17 +524,17 @@ static bool done(const struct device *d)
 static int usage(const char *argv0)
 {
 	fprintf(stderr, "usage: %s -h host -p port -u user [-P password] [-i client_id] (-c conv | -w user)\n"
-			"          [-m text]... [-r readings -t interval_ms] [-S statefile] [-x n]\n", argv0);
+			"          [-m text]... [-r readings -t interval_ms] [-S statefile] [-x n] [-l page]\n", argv0);
 	return 2;
 }
 
 int main(int argc, char **argv)
 {
-	struct device d = {.host = "localhost", .port = 1883, .exit_after = -1, .reading_ms = 1000};
+	struct device d = {.host = "localhost", .port = 1883, .exit_after = -1, .reading_ms = 1000, .page = HISTORY_PAGE};
 	unsigned backoff = 1;
 	int opt, rc;
 
-	while((opt = getopt(argc, argv, "h:p:u:P:i:c:w:m:r:t:S:x:")) != -1){
+	while((opt = getopt(argc, argv, "h:p:u:P:i:c:w:m:r:t:S:x:l:")) != -1){
 		switch(opt){
 			case 'h': d.host = optarg; break;
 			case 'p': d.port = atoi(optarg); break;
@@ -550,10 +551,11 @@ int main(int argc, char **argv)
 			case 't': d.reading_ms = atol(optarg); break;
 			case 'S': d.state_path = optarg; break;
 			case 'x': d.exit_after = atoi(optarg); break;
+			case 'l': d.page = atoi(optarg); break;
 			default: return usage(argv[0]);
 		}
 	}
-	if(!d.user || (!d.conv[0] && !d.with) || d.port <= 0) return usage(argv[0]);
+	if(!d.user || (!d.conv[0] && !d.with) || d.port <= 0 || d.page < 1 || d.page > 200) return usage(argv[0]);
 	if(!d.client_id[0]) snprintf(d.client_id, sizeof(d.client_id), "%s-dev", d.user);
 	d.boot = (long)time(NULL);
 	setvbuf(stdout, NULL, _IOLBF, 0);

@@ -130,20 +130,21 @@ def test_device_catches_up_after_reboot(broker, device, users, tmp_path):
     assert state.read_text().split() == [conv, "4"]
     a.expect(f"chat/c/{conv}/receipt", pred=lambda j: j["from"] == dev and j["read"] == 4)
 
-    # off for a while: two more, with 120 before them so history needs more than one page
-    for i in range(120):
+    # off for a while: two more, with 25 before them, and pages of 10: three history pages
+    for i in range(25):
         a.send(conv, f"bulk {i}")
     a.send(conv, "cmd 3")
     a.send(conv, "cmd 4")
-    d = device(dev, "-c", conv, "-S", str(state), "-x", "122")
+    d = device(dev, "-c", conv, "-S", str(state), "-x", "27", "-l", "10")
     first = d.expect(f"msg {conv} ")
     assert first.split()[2] == "5", f"the device re-read old messages: {first}"
-    d.expect(f"msg {conv} 126 {alice}: cmd 4")
+    d.expect(f"msg {conv} 31 {alice}: cmd 4")
     code, err = d.wait()
     assert code == 0, err
     seqs = [int(x.split()[2]) for x in d.seen if x.startswith("msg ")]
-    assert seqs == list(range(5, 127))
-    assert state.read_text().split() == [conv, "126"]
+    assert seqs == list(range(5, 32))
+    assert [x for x in d.seen if x.startswith("filled ")][:3] == ["filled 10", "filled 10", "filled 7"]
+    assert state.read_text().split() == [conv, "31"]
 
 
 def test_device_fills_the_gap_after_a_dropped_connection(broker, device, users):
