@@ -31,6 +31,7 @@ int chat__open(struct chat **out, struct chat_config *cfg, char *err, size_t err
 	memset(cfg, 0, sizeof(*cfg));
 	chat->now_ms = json__now_ms;
 	chat->push_resend_all = true;   /* every job still in the outbox goes out again */
+	chat->stats.started_ms = chat->now_ms();
 	if(store__open(&chat->store, chat->cfg.db_path, chat->cfg.map_size, chat->cfg.fsync == CHAT_FSYNC_ALWAYS,
 				chat->cfg.sync_interval_ms, err, errlen) != STORE_OK){
 		chat__close(chat);
@@ -88,6 +89,7 @@ void chat__tick(struct chat *chat, struct chat_outbox *out)
 	if(chat->typing) typing__expire(chat, chat->now_ms(), out);
 	if(chat->offline_pending) presence__tick(chat, out);
 	push__tick(chat, out);
+	stats__tick(chat, chat->now_ms(), out);
 }
 
 void chat__disconnect(struct chat *chat, const void *conn, struct chat_outbox *out)

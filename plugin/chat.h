@@ -57,6 +57,7 @@ struct chat_config {
 	bool push_preview;             /* message text in pushes at all */
 	unsigned push_max_devices;     /* push devices per user */
 	struct jwt_config jwt;         /* plugin_opt_auth and jwt_* (jwt.h) */
+	unsigned stats_interval_ms;    /* stats.c: publish {p}/stats this often, 0 = never */
 };
 
 void config__defaults(struct chat_config *cfg);
@@ -131,6 +132,7 @@ enum topic_kind {
 	TOPIC_PUSH_JOBS,    /* {p}/push/jobs: plugin -> bridge */
 	TOPIC_PUSH_ACK,     /* {p}/push/ack: bridge -> plugin */
 	TOPIC_PUSH_STATUS,  /* {p}/push/status: the bridge's retained counters */
+	TOPIC_STATS,        /* {p}/stats: the plugin's retained counters (observers read) */
 	TOPIC_WILDCARD,     /* a filter with a wildcard where an id or kind goes */
 	TOPIC_OTHER,        /* anything else under the prefix */
 };
@@ -185,6 +187,29 @@ void outbox__append(struct chat_outbox *ob, struct chat_outbox *from);
 void outbox__clear(struct chat_outbox *ob);
 
 /* ======================================================================
+ * stats.c — operator counters, published retained on {p}/stats
+ * ====================================================================== */
+
+#define CHAT_STATS_CODES 32   /* room for every enum chat_err, present and future */
+
+struct chat_stats {
+	uint64_t started_ms;
+	uint64_t last_ms;                    /* when the last interval began (0: no tick yet) */
+	uint64_t requests, history_requests; /* counted since start */
+	uint64_t refused[CHAT_STATS_CODES];  /* refused publishes (send_failed), by code */
+	uint64_t request_errors[CHAT_STATS_CODES]; /* {"ok":false} replies, by code */
+	uint64_t prev_stored, prev_requests, prev_history; /* at last_ms, for the rates */
+};
+
+struct chat;
+/* A publish was refused with code (one line at each refusal site). */
+void stats__refused(struct chat *chat, enum chat_err code);
+/* A request was answered {"ok":false} with code. */
+void stats__request_error(struct chat *chat, enum chat_err code);
+/* Publishes the stats when stats_interval_ms has passed since the last time. */
+void stats__tick(struct chat *chat, uint64_t now, struct chat_outbox *out);
+
+/* ======================================================================
  * The core's state and entry points (acl.c, message.c, request.c)
  * ====================================================================== */
 
@@ -205,6 +230,7 @@ struct chat {
 	struct typing_entry *typing;     /* typing.c: who is typing where */
 	bool push_resend_all;            /* push.c: re-publish every job (at start) */
 	uint64_t push_delivered, push_failed, push_unregistered;
+	struct chat_stats stats;         /* stats.c */
 };
 
 /* Who published: the authenticated username (may be NULL) of one device. */
@@ -342,6 +368,8 @@ void presence__tick(struct chat *chat, struct chat_outbox *out);
  * (from a broker that died) into "offline". */
 void presence__startup(struct chat *chat, struct chat_outbox *out);
 void presence__free(struct chat *chat);
+/* Connected devices and users with at least one (stats.c). */
+void presence__counts(const struct chat *chat, size_t *devices, size_t *users);
 
 /* ======================================================================
  * push.c — push devices, preferences and the durable push outbox

@@ -35,6 +35,7 @@ void config__defaults(struct chat_config *cfg)
 	cfg->push_preview = true;
 	cfg->push_max_devices = 10;
 	jwt__config_defaults(&cfg->jwt);
+	cfg->stats_interval_ms = 10000;
 }
 
 void config__free(struct chat_config *cfg)
@@ -210,6 +211,8 @@ int config__set(struct chat_config *cfg, const char *key, const char *value, cha
 		return set_uint(&cfg->push_retry_ms, key, value, 1000, 24 * 3600 * 1000, err, errlen);
 	}else if(!strcasecmp(key, "push_max_devices")){
 		return set_uint(&cfg->push_max_devices, key, value, 1, 1000, err, errlen);
+	}else if(!strcasecmp(key, "stats_interval_ms")){
+		return set_uint(&cfg->stats_interval_ms, key, value, 0, 24 * 3600 * 1000, err, errlen);
 	}else if(!strcasecmp(key, "push_preview")){
 		if(!strcasecmp(value, "on")){
 			cfg->push_preview = true;

@@ -28,6 +28,7 @@ enum chat_verdict message__refuse(struct chat *chat, const struct chat_client *c
 	cJSON *ev = cJSON_CreateObject();
 
 	chat->refusals++;
+	stats__refused(chat, e->code);
 	if(ev && cl->username && topic__build(topic, sizeof(topic), &chat->cfg, "u", cl->username, "event")){
 		cJSON_AddStringToObject(ev, "event", "send_failed");
 		if(ref->id_valid) cJSON_AddStringToObject(ev, "conv", ref->id);

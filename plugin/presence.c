@@ -334,3 +334,9 @@ void presence__startup(struct chat *chat, struct chat_outbox *out)
 	}
 	free(w.stale);
 }
+
+void presence__counts(const struct chat *chat, size_t *devices, size_t *users)
+{
+	*devices = HASH_COUNT(chat->devices);
+	*users = HASH_COUNT(chat->device_users);
+}

@@ -24,6 +24,7 @@ struct op_entry {
 static enum chat_err history_op(struct chat *chat, struct store_txn *txn, const char *user, const cJSON *args,
 		cJSON *result, struct chat_outbox *out, struct chat_error *e)
 {
+	chat->stats.history_requests++;
 	return message__history(chat, txn, user, args, result, e);
 }
 
@@ -122,6 +123,7 @@ enum chat_verdict request__handle(struct chat *chat, const struct chat_client *c
 	enum chat_err rc;
 
 	if(!topic__build(topic, sizeof(topic), &chat->cfg, "u", cl->username, "reply")) return CHAT_REFUSED;
+	chat->stats.requests++;
 	outbox__init(&effects);
 	reply = cJSON_CreateObject();
 	result = cJSON_CreateObject();
@@ -156,6 +158,7 @@ enum chat_verdict request__handle(struct chat *chat, const struct chat_client *c
 	}
 	if(rc){
 		cJSON *err;
+		stats__request_error(chat, rc);
 		outbox__clear(&effects);
 		cJSON_ReplaceItemInObjectCaseSensitive(reply, "ok", cJSON_CreateFalse());
 		err = cJSON_AddObjectToObject(reply, "error");

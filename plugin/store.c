@@ -949,3 +949,32 @@ int store__next_id(struct store_txn *t, const char *name, uint64_t *id)
 	if(rc == STORE_OK) *id = cur + 1;
 	return rc;
 }
+
+/* ====================================================================== *
+ * Usage (operator stats)
+ * ====================================================================== */
+
+int store__usage(struct store *s, struct store_usage *u)
+{
+	MDB_envinfo info;
+	MDB_stat st;
+	const char *dir = NULL;
+	char file[4096];
+	struct stat fs;
+	int rc;
+
+	memset(u, 0, sizeof(*u));
+	if((rc = mdb_env_info(s->env, &info)) != 0 || (rc = mdb_env_stat(s->env, &st)) != 0){
+		snprintf(s->last_error, sizeof(s->last_error), "env info: %s", mdb_strerror(rc));
+		return STORE_ERR;
+	}
+	u->map_bytes = info.me_mapsize;
+	u->used_bytes = ((uint64_t)info.me_last_pgno + 1) * st.ms_psize;
+	if(mdb_env_get_path(s->env, &dir) == 0 && dir
+			&& snprintf(file, sizeof(file), "%s/data.mdb", dir) < (int)sizeof(file)
+			&& stat(file, &fs) == 0){
+		u->file_bytes = (uint64_t)fs.st_size;
+		u->disk_bytes = (uint64_t)fs.st_blocks * 512u;   /* WRITEMAP files are sparse */
+	}
+	return STORE_OK;
+}

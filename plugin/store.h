@@ -130,6 +130,13 @@ int store__pending_get(struct store_txn *txn, const char *user, const char *conv
 int store__pending_put(struct store_txn *txn, const char *user, const char *conv, uint64_t id);
 int store__pending_del(struct store_txn *txn, const char *user, const char *conv);
 
+/* Size of the environment (stats): data file size and disk blocks it uses,
+ * the map size, and the bytes of the map in use (pages up to the last one). */
+struct store_usage {
+	uint64_t file_bytes, disk_bytes, map_bytes, used_bytes;
+};
+int store__usage(struct store *s, struct store_usage *u);
+
 /* Returns the next value (from 1) of the named counter. */
 int store__next_id(struct store_txn *txn, const char *name, uint64_t *id);
 
