@@ -8,7 +8,7 @@
 #     bridge against loopback FCM/APNs/webhook stand-ins); any ASan/UBSan/leak report
 #     fails the test that produced it. tests/web: the web page in headless Chromium against a
 #     real broker that serves it (about 90 s).
-#     fails the test that produced it. tests/clients: the example clients and the
+#     tests/clients: the example clients and the
 #     operator stats against real brokers (about 1 minute).
 #  5. runs the benchmark's smoke run (plain mosquitto vs the plugin, tiny sizes).
 # CHAT_SANITIZE=valgrind runs the brokers under valgrind instead (slower);
