@@ -181,3 +181,95 @@ def test_full_map_refuses_writes_serves_reads_and_recovers(make_broker, users, f
     r = alice.send(g, "after the resize")
     assert r.rc == alice.ok_code
     assert bob.expect_message(g, pred=lambda m: m.get("cmid") == r.cmid)["seq"] == last_seq + 2
+
+
+# --------------------------------------------------------------------------- 2. unusable directory
+
+def expect_refused_start(br, path: Path, errno_text: str) -> str:
+    rc, out = br.start_expect_exit()
+    assert rc != 0, "the broker must not run without its database"
+    line = next((x for x in out.splitlines() if "mosquitto-chat:" in x and str(path) in x), None)
+    assert line is not None, f"no plugin log line naming {path}:\n{out[-2000:]}"
+    assert errno_text in line, f"{errno_text!r} not in {line!r}"
+    return line
+
+
+@pytest.mark.parametrize("case", ["parent-missing", "under-a-file", "is-a-file"])
+def test_start_refused_when_the_directory_cannot_be_made(make_broker, tmp_path, case):
+    if case == "parent-missing":
+        path, text = tmp_path / "no" / "such" / "db", "No such file or directory"
+    elif case == "under-a-file":
+        (tmp_path / "afile").write_text("x")
+        path, text = tmp_path / "afile" / "db", "Not a directory"
+    else:
+        path, text = tmp_path / "afile", "Not a directory"
+        path.write_text("x")
+    br = make_broker(opts={"db_path": str(path)}, start=False)
+    print(expect_refused_start(br, path, text))
+
+
+def chattr(flag: str, *paths: Path) -> bool:
+    r = subprocess.run(["chattr", flag, *map(str, paths)], capture_output=True, text=True)
+    return r.returncode == 0
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["empty-dir", "existing-db"])
+def test_start_refused_on_an_immutable_directory(make_broker, tmp_path, existing):
+    """Root ignores permission bits (chmod 0555 would not stop it), but not the immutable
+    attribute: with `chattr +i` even root cannot create or open for writing."""
+    db = tmp_path / "db"
+    db.mkdir()
+    if existing:
+        first = make_broker(opts={"db_path": str(db)})
+        alice = first.client("alice")
+        g = alice.create_group("kept", ["bob"])
+        alice.disconnect()
+        assert first.stop() == 0
+    targets = [db] + sorted(db.iterdir())
+    if shutil.which("chattr") is None or not chattr("+i", *targets):
+        pytest.skip("this filesystem has no immutable attribute (chattr +i failed)")
+    try:
+        br = make_broker(opts={"db_path": str(db)}, start=False)
+        print(expect_refused_start(br, db, "Operation not permitted"))
+    finally:
+        chattr("-i", *targets)
+    if existing:
+        # once writable again, nothing was lost
+        br.start()
+        assert br.client("alice").conv_get(g)["name"] == "kept"
+
+
+def test_start_refused_on_a_read_only_filesystem(make_broker, tmp_path):
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=4m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {r.stderr.strip()}")
+    try:
+        for path in (mnt, mnt / "db"):   # the mount point itself, and a directory to be made in it
+            br = make_broker(opts={"db_path": str(path)}, start=False, name=f"ro-{path.name}")
+            print(expect_refused_start(br, path, "Read-only file system"))
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_directory_removed_while_running(make_broker, users):
+    """LMDB holds its files open and mapped: a broker whose directory is deleted under it
+    goes on serving from the unlinked files, and stops cleanly. What it stored is gone at
+    the next start (a fresh, empty database) — the operator's mistake, not a crash."""
+    a, b = users("alice", "bob")
+    br = make_broker()
+    alice = br.client(a)
+    g = alice.create_group("doomed", [b])
+    alice.sub_conv(g)
+    assert alice.send(g, "before").rc == alice.ok_code
+    shutil.rmtree(br.db_dir)
+    r = alice.send(g, "after")
+    assert r.rc == alice.ok_code
+    alice.expect_message(g, pred=lambda m: m.get("cmid") == r.cmid)
+    assert [m["body"] for m in alice.history(g)["messages"][1:]] == ["before", "after"]
+    alice.disconnect()
+    assert br.stop() == 0
+    br.start()
+    br.client(a).err("conv.get", {"conv": g}, code="not_member")
+    assert br.db_dir.is_dir()
