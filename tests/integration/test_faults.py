@@ -273,3 +273,228 @@ def test_directory_removed_while_running(make_broker, users):
     br.start()
     br.client(a).err("conv.get", {"conv": g}, code="not_member")
     assert br.db_dir.is_dir()
+
+
+# --------------------------------------------------------------------------- 4. dropped mid-flow
+
+class RawMqtt:
+    """Just enough MQTT 3.1.1 / 5 over a plain socket to stop anywhere inside a QoS flow
+    (a client library always finishes the flow it started)."""
+
+    def __init__(self, broker, user: str, client_id: str, protocol: int = 4):
+        self.broker, self.user, self.client_id, self.protocol = broker, user, client_id, protocol
+        self.sock: socket.socket | None = None
+        self.buf = b""
+        self.received: list[tuple[str, int, int, bool, bytes]] = []
+
+    @staticmethod
+    def _varint(n: int) -> bytes:
+        out = b""
+        while True:
+            b, n = n % 128, n // 128
+            out += bytes([b | (0x80 if n else 0)])
+            if not n:
+                return out
+
+    @staticmethod
+    def _str(s: str | bytes) -> bytes:
+        b = s.encode() if isinstance(s, str) else s
+        return struct.pack("!H", len(b)) + b
+
+    def _props(self, props: bytes = b"") -> bytes:
+        return self._varint(len(props)) + props if self.protocol == 5 else b""
+
+    def _send(self, first: int, body: bytes) -> None:
+        self.sock.sendall(bytes([first]) + self._varint(len(body)) + body)
+
+    def read(self, timeout: float = 5.0) -> tuple[int, int, bytes] | None:
+        """(packet type, flags, body), or None when nothing came within timeout."""
+        self.sock.settimeout(timeout)
+        while True:
+            if len(self.buf) >= 2:
+                mult, n, i = 1, 0, 1
+                while i < len(self.buf):
+                    b = self.buf[i]
+                    n += (b & 0x7F) * mult
+                    mult *= 128
+                    i += 1
+                    if not b & 0x80:
+                        if len(self.buf) >= i + n:
+                            first, body = self.buf[0], self.buf[i:i + n]
+                            self.buf = self.buf[i + n:]
+                            return first >> 4, first & 0x0F, body
+                        break
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                return None
+            if not chunk:
+                raise ConnectionLost("broker closed the connection")
+            self.buf += chunk
+
+    def expect(self, ptype: int, timeout: float = 5.0) -> tuple[int, bytes]:
+        p = self.read(timeout)
+        assert p is not None, f"no packet of type {ptype} within {timeout}s"
+        assert p[0] == ptype, f"expected packet type {ptype}, got {p[0]} {p[2][:100]!r}"
+        return p[1], p[2]
+
+    def connect(self, clean: bool) -> bool:
+        """CONNECT with a persistent session unless clean; returns CONNACK's session present."""
+        self.sock = socket.create_connection((self.broker.host, self.broker.port), timeout=5)
+        self.buf = b""
+        flags = 0x80 | (0x02 if clean else 0)   # username, clean session / clean start
+        props = b"\x11" + struct.pack("!I", 3600) if self.protocol == 5 else b""   # session expiry
+        body = (self._str("MQTT") + bytes([self.protocol, flags]) + struct.pack("!H", 60) + self._props(props)
+                + self._str(self.client_id) + self._str(self.user))
+        self._send(0x10, body)
+        _, ack = self.expect(2)
+        assert ack[1] == 0, f"CONNACK {ack!r}"
+        return bool(ack[0] & 1)
+
+    def publish(self, topic: str, payload: bytes, qos: int, mid: int, dup: bool = False) -> None:
+        body = self._str(topic) + (struct.pack("!H", mid) if qos else b"") + self._props() + payload
+        self._send(0x30 | (0x08 if dup else 0) | (qos << 1), body)
+
+    def ack(self, ptype: int, mid: int) -> None:
+        """PUBACK (4), PUBREC (5), PUBREL (6, flags 2) or PUBCOMP (7) for mid."""
+        self._send((ptype << 4) | (2 if ptype == 6 else 0), struct.pack("!H", mid))
+
+    def expect_ack(self, ptype: int, mid: int) -> int:
+        """The next packet but PUBLISHes (acked and kept in self.received) is an ack of ptype
+        for mid; returns its reason code (0 if none)."""
+        while True:
+            p = self.read()
+            assert p is not None, f"no packet of type {ptype} within 5s"
+            if p[0] != 3:
+                break
+            pub = self.parse_publish(p[1], p[2])
+            self.received.append(pub)
+            if pub[1] == 1:
+                self.ack(4, pub[2])
+        assert p[0] == ptype, f"expected packet type {ptype}, got {p[0]} {p[2][:100]!r}"
+        body = p[2]
+        assert struct.unpack("!H", body[:2])[0] == mid, body
+        return body[2] if len(body) > 2 else 0
+
+    def subscribe(self, topic: str, qos: int, mid: int = 1) -> int:
+        self._send(0x82, struct.pack("!H", mid) + self._props() + self._str(topic) + bytes([qos]))
+        _, body = self.expect(9)
+        return body[-1]
+
+    def parse_publish(self, flags: int, body: bytes) -> tuple[str, int, int, bool, bytes]:
+        """(topic, qos, mid, dup, payload) of a PUBLISH's flags and body."""
+        tl = struct.unpack("!H", body[:2])[0]
+        topic, pos, qos = body[2:2 + tl].decode(), 2 + tl, (flags >> 1) & 3
+        mid = 0
+        if qos:
+            mid, pos = struct.unpack("!H", body[pos:pos + 2])[0], pos + 2
+        if self.protocol == 5:
+            mult, n = 1, 0
+            while True:
+                b = body[pos]
+                pos += 1
+                n += (b & 0x7F) * mult
+                mult *= 128
+                if not b & 0x80:
+                    break
+            pos += n
+        return topic, qos, mid, bool(flags & 0x08), body[pos:]
+
+    def drop(self) -> None:
+        """Close the TCP connection without DISCONNECT, whatever is in flight."""
+        self.sock.close()
+        self.sock = None
+
+
+def send_payload(cmid: str, body: str) -> bytes:
+    p = {"cmid": cmid, "body": body}
+    check_outgoing("send", p)
+    import json
+    return json.dumps(p).encode()
+
+
+def only_once(bob, conv: str, cmid: str) -> dict:
+    """bob got the stamped message of cmid exactly once, and history holds it once."""
+    m = bob.expect_message(conv, pred=lambda m: m.get("cmid") == cmid)
+    bob.expect_none(f"chat/c/{conv}/m", wait=0.5)
+    _, cmids = history_cmids(bob, conv)
+    assert cmids.count(cmid) == 1, cmids
+    return m
+
+
+@pytest.mark.parametrize("proto", [4, 5], ids=["mqtt311", "mqtt5"])
+@pytest.mark.parametrize("flow", ["qos1-before-puback", "qos2-before-pubrec", "qos2-before-pubrel"])
+def test_sender_drops_mid_flow_stored_once(broker, users, proto, flow):
+    a, b = users("alice", "bob")
+    g = broker.client(a).create_group("flows", [b])
+    bob = broker.client(b)
+    bob.sub_conv(g)
+    raw = RawMqtt(broker, a, f"{a}-raw", protocol=proto)
+    assert raw.connect(clean=True) is False
+    raw.drop()
+    topic, mid = f"chat/send/{g}", 7
+    payload = send_payload("c-" + flow, "mid-flow " + flow)
+    qos = 1 if flow.startswith("qos1") else 2
+
+    raw.connect(clean=False)
+    raw.publish(topic, payload, qos, mid)
+    if flow == "qos2-before-pubrel":
+        assert raw.expect_ack(5, mid) < 0x80     # PUBREC: stored; the client dies before PUBREL
+    raw.drop()
+
+    # the client comes back with its session and finishes as a library would: resend the
+    # PUBLISH with DUP (no ack seen), or the PUBREL (PUBREC seen)
+    assert raw.connect(clean=False) is True, "the session survived"
+    if flow == "qos2-before-pubrel":
+        raw.ack(6, mid)
+        assert raw.expect_ack(7, mid) == 0
+    else:
+        raw.publish(topic, payload, qos, mid, dup=True)
+        assert raw.expect_ack(4 if qos == 1 else 5, mid) < 0x80
+        if qos == 2:
+            raw.ack(6, mid)
+            assert raw.expect_ack(7, mid) == 0
+    m = only_once(bob, g, "c-" + flow)
+    assert m["seq"] == 2 and m["from"] == a
+    # a resent PUBLISH that the store already had yields the stored original to the
+    # sending device alone (docs/protocol.md, "Duplicate")
+    import json
+    assert all(json.loads(p[4]) == m for p in raw.received), raw.received
+    # and the next send takes the next seq: nothing was consumed twice
+    raw.publish(topic, send_payload("c-next", "next"), 1, mid + 1)
+    assert raw.expect_ack(4, mid + 1) < 0x80
+    assert only_once(bob, g, "c-next")["seq"] == 3
+    raw.drop()
+
+
+@pytest.mark.parametrize("proto", [4, 5], ids=["mqtt311", "mqtt5"])
+def test_subscriber_drops_before_acking_gets_the_stamped_copy_once(broker, users, proto):
+    """The plugin publishes stamped copies at QoS 1, so a QoS 2 subscription receives QoS 1:
+    there is no outbound QoS 2 flow to interrupt. A subscriber that drops before its PUBACK
+    gets the same stamped bytes again (DUP) from its session, once. MQTT 3.1.1: clean
+    session off; MQTT 5: clean start off and a session expiry interval."""
+    a, b = users("alice", "bob")
+    alice = broker.client(a)
+    g = alice.create_group("deliver", [b])
+    raw = RawMqtt(broker, b, f"{b}-raw", protocol=proto)
+    raw.connect(clean=True)
+    raw.drop()
+    raw.connect(clean=False)
+    assert raw.subscribe(f"chat/c/{g}/m", qos=2) == 2
+    r = alice.send(g, "deliver me once")
+    assert r.rc == alice.ok_code
+
+    topic, qos, mid, dup, first = raw.parse_publish(*raw.expect(3))
+    assert (topic, qos, dup) == (f"chat/c/{g}/m", 1, False)
+    raw.drop()   # no PUBACK
+
+    assert raw.connect(clean=False) is True
+    topic, qos, mid2, dup, again = raw.parse_publish(*raw.expect(3))
+    assert (topic, qos, mid2, dup) == (f"chat/c/{g}/m", 1, mid, True)
+    assert again == first, "the stamped copy survived in the session, byte for byte"
+    raw.ack(4, mid)
+    assert raw.read(timeout=0.5) is None, "delivered once"
+    import json
+    m = json.loads(first)
+    assert_stamped(m, g, 2, a, cmid=r.cmid, body="deliver me once")
+    raw.drop()
