@@ -744,7 +744,7 @@ def test_sigkill_at_random_moments_of_a_mixed_load(make_broker, users, fsync):
         assert not load.errors, load.errors
         print(f"round {rnd}: killed after {delay:.2f}s, "
               f"{sum(len(v) for v in load.acked.values()) - before} sends acked, "
-              f"membership change without reply: {(load.inflight_op or ["none"])[0]}")
+              f"membership change without reply: {(load.inflight_op or ['none'])[0]}")
         t0 = time.monotonic()
         br.start()
         t1 = time.monotonic()
