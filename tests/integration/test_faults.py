@@ -752,3 +752,36 @@ def test_sigkill_at_random_moments_of_a_mixed_load(make_broker, users, fsync):
         print(f"         restart {t1 - t0:.1f}s, checks {time.monotonic() - t1:.1f}s")
     print(f"{ROUNDS} kills: {sum(len(v) for v in load.acked.values())} acknowledged sends all present once, "
           f"{len(groups)} groups, members {({c: len(m) for c, m in load.members.items()})}")
+
+
+@pytest.mark.parametrize("proto", [4, 5], ids=["mqtt311", "mqtt5"])
+@pytest.mark.parametrize("qos", [1, 2])
+def test_paho_resends_after_a_dropped_connection_stored_once(broker, users, proto, qos):
+    """The same with a real client library: paho publishes a burst, loses its connection
+    at once (wherever each flow stands), reconnects with its session and finishes every
+    flow itself (PUBLISH with DUP, or PUBREL). Each message is stored and delivered once."""
+    a, b = users("alice", "bob")
+    g = broker.client(a).create_group("paho", [b])
+    bob = broker.client(b)
+    bob.sub_conv(g)
+    alice = broker.client(a, protocol=proto, clean=False, session_expiry=3600 if proto == 5 else None,
+                          client_id=f"{a}-persistent")
+    cmids = [f"burst-{qos}-{i}" for i in range(30)]
+    infos = [alice.c.publish(f"chat/send/{g}", send_payload(c, "burst"), qos=qos) for c in cmids]
+    sock = alice.c.socket()
+    (getattr(sock, "_socket", sock)).shutdown(socket.SHUT_RDWR)
+    assert alice.disconnected.wait(5)
+    alice.c.loop_stop()
+    alice.disconnected.clear()
+    alice._connected.clear()
+    alice.c.reconnect()
+    alice.c.loop_start()
+    assert alice._connected.wait(10)
+    for info in infos:
+        assert alice.wait_puback(info, timeout=10, fail_on_disconnect=False) < 0x80
+    got = [m["cmid"] for m in bob.expect_n(f"chat/c/{g}/m", len(cmids))]
+    bob.expect_none(f"chat/c/{g}/m", wait=0.5)
+    assert sorted(got) == sorted(cmids), "each message delivered once"
+    hist, stored = history_cmids(bob, g)
+    assert sorted(stored) == sorted(cmids) and len(hist) == 1 + len(cmids), "each stored once, seq 2..31"
+    print(f"qos {qos}: {sum(1 for m in alice.all_msgs if m.topic.endswith('/m'))} originals re-sent to the sender")
