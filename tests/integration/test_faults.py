@@ -78,7 +78,7 @@ def fill_until_refused(br, user: str, conv: str, body_len: int, tag: str, limit:
 
 @pytest.mark.parametrize("fsync", ["off", "always"])
 def test_full_map_refuses_writes_serves_reads_and_recovers(make_broker, users, fsync):
-    br = make_broker(opts={"map_size": "1M", "fsync": fsync})
+    br = patient(make_broker(opts={"map_size": "1M", "fsync": fsync}, start=False)).start()
     a, b, c = users("alice", "bob", "carol")
     alice = br.client(a)
     readers = users(*["r"] * 3)   # members who only send receipts (step 6)
@@ -235,7 +235,7 @@ def test_start_refused_on_an_immutable_directory(make_broker, tmp_path, existing
     db = tmp_path / "db"
     db.mkdir()
     if existing:
-        first = make_broker(opts={"db_path": str(db)})
+        first = patient(make_broker(opts={"db_path": str(db)}, start=False)).start()
         alice = first.client("alice")
         g = alice.create_group("kept", ["bob"])
         alice.disconnect()
@@ -244,7 +244,7 @@ def test_start_refused_on_an_immutable_directory(make_broker, tmp_path, existing
     if shutil.which("chattr") is None or not chattr("+i", *targets):
         pytest.skip("this filesystem has no immutable attribute (chattr +i failed)")
     try:
-        br = make_broker(opts={"db_path": str(db)}, start=False)
+        br = patient(make_broker(opts={"db_path": str(db)}, start=False))
         print(expect_refused_start(br, db, "Operation not permitted"))
     finally:
         chattr("-i", *targets)
@@ -273,7 +273,7 @@ def test_directory_removed_while_running(make_broker, users):
     goes on serving from the unlinked files, and stops cleanly. What it stored is gone at
     the next start (a fresh, empty database) — the operator's mistake, not a crash."""
     a, b = users("alice", "bob")
-    br = make_broker()
+    br = patient(make_broker(start=False)).start()
     alice = br.client(a)
     g = alice.create_group("doomed", [b])
     alice.sub_conv(g)
