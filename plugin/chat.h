@@ -86,6 +86,7 @@ enum chat_err {
 	CHAT_E_INVALID_RESPONSE_TOPIC,
 	CHAT_E_NOT_SUPPORTED,
 	CHAT_E_TOO_MANY_DEVICES,
+	CHAT_E_STORAGE_FULL,   /* the LMDB map is full: a write refused, reads go on */
 	CHAT_E_STORE,   /* never sent: the commit failed, the client gets no ack */
 	CHAT_E_NOMEM,   /* never sent: treated like CHAT_E_STORE */
 };

@@ -34,7 +34,26 @@ struct plugin {
 	bool acl_registered, message_registered, tick_registered, disconnect_registered;
 	bool auth_registered, reload_registered;
 	struct jwt_keys *jwt_keys;      /* auth jwt: replaced whole on a good reload */
+	uint64_t full_logged;     /* store__full_count() when the map-full warning was last logged */
+	time_t full_logged_at;
 };
+
+/* A full map refuses writes (sends get no PUBACK, requests storage_full)
+ * while reads go on: tell the operator what to do, at most once a minute
+ * however many writes fail meanwhile. */
+static void log_map_full(struct plugin *pl)
+{
+	uint64_t n = store__full_count(pl->chat->store);
+	time_t now = time(NULL);
+
+	if(n == pl->full_logged || (pl->full_logged_at && now - pl->full_logged_at < 60)) return;
+	mosquitto_log_printf(MOSQ_LOG_ERR, LOG_PREFIX "the database %s is full (map size %zu bytes): %llu write(s) "
+			"refused so far — sends get no PUBACK, requests that write get storage_full, reads go on. "
+			"Raise plugin_opt_map_size (and make sure the disk has room) and restart the broker.",
+			pl->chat->cfg.db_path, store__map_size(pl->chat->store), (unsigned long long)n);
+	pl->full_logged = n;
+	pl->full_logged_at = now;
+}
 
 /* ====================================================================== *
  * Outbox → broker
@@ -126,6 +145,7 @@ static int message_cb(int event, void *event_data, void *userdata)
 	outbox__init(&out);
 	v = chat__handle_publish(pl->chat, &cl, ed->topic, ed->payload, ed->payloadlen, &out, &rw);
 	flush_outbox(&out, cl.client_id, corr, corr_len);
+	log_map_full(pl);
 	mosquitto_free(response_topic);
 	mosquitto_free(corr);
 
@@ -158,8 +178,9 @@ static int message_cb(int event, void *event_data, void *userdata)
 		case CHAT_STORE_FAILED:
 		default:
 			mosquitto_log_printf(MOSQ_LOG_ERR, LOG_PREFIX "could not store a publish from %s on %s: %s; "
-					"no PUBACK, the client will resend", cl.client_id ? cl.client_id : "?", ed->topic,
-					store__last_error(pl->chat->store));
+					"no PUBACK, the client will resend%s", cl.client_id ? cl.client_id : "?", ed->topic,
+					store__last_error(pl->chat->store),
+					store__full(pl->chat->store) ? " (the map is full: raise plugin_opt_map_size)" : "");
 			return MOSQ_ERR_UNKNOWN;
 	}
 }
@@ -186,6 +207,7 @@ static int tick_cb(int event, void *event_data, void *userdata)
 	outbox__init(&out);
 	chat__tick(pl->chat, &out);
 	flush_outbox(&out, NULL, NULL, 0);
+	log_map_full(pl);
 	return MOSQ_ERR_SUCCESS;
 }
 

@@ -232,7 +232,12 @@ enum chat_verdict presence__handle(struct chat *chat, const struct chat_client *
 	cJSON_Delete(root);
 
 	presence__track(chat, cl->conn, cl->username);
-	if(presence__store(chat, cl->username, true, chat->now_ms(), &ts) != STORE_OK) return CHAT_STORE_FAILED;
+	if(presence__store(chat, cl->username, true, chat->now_ms(), &ts) != STORE_OK){
+		/* a full map: the live state is still right, it just will not be
+		 * remembered across a restart; any other failure drops the client */
+		if(!store__full(chat->store)) return CHAT_STORE_FAILED;
+		ts = chat->now_ms();
+	}
 	rw->payload = state_json(true, ts, &rw->len);
 	rw->retain = true;
 	return rw->payload ? CHAT_REWRITE : CHAT_STORE_FAILED;

@@ -109,6 +109,13 @@ enum chat_verdict receipt__handle(struct chat *chat, const struct chat_client *c
 	goto done;
 
 store_failed:
+	if(store__full(chat->store)){
+		/* not stored; a later receipt carries the cursor anyway, so refuse
+		 * it rather than cut the member off */
+		outbox__clear(out);
+		chat__fail(&e, CHAT_E_STORAGE_FULL, "the server's storage is full: receipt not stored");
+		goto refused;
+	}
 	outbox__clear(out);
 	v = CHAT_STORE_FAILED;
 	goto done;

@@ -148,6 +148,10 @@ enum chat_verdict request__handle(struct chat *chat, const struct chat_client *c
 		rc = chat__fail(&e, CHAT_E_UNKNOWN_OP, "unknown op '%.32s'", op_name);
 	}
 	if(!rc) rc = run_op(chat, op, cl->username, req, result, &effects, &e);
+	if(rc == CHAT_E_STORE && op && op->write && store__full(chat->store)){
+		/* a full map refuses the change but keeps the client: reads go on */
+		rc = chat__fail(&e, CHAT_E_STORAGE_FULL, "the server's storage is full: nothing was changed, try again later");
+	}
 
 	if(rc == CHAT_E_STORE || rc == CHAT_E_NOMEM){
 		outbox__clear(&effects);

@@ -58,6 +58,13 @@ void store__close(struct store *s);
 /* Flushes what fsync-less commits left in the page cache. */
 int store__sync(struct store *s);
 const char *store__last_error(const struct store *s);
+/* Did the last write transaction fail because the map is full (MDB_MAP_FULL)?
+ * Reset by every store__begin(write). */
+bool store__full(const struct store *s);
+/* How many writes have failed with MDB_MAP_FULL since the store opened. */
+uint64_t store__full_count(const struct store *s);
+/* The map size in effect (bytes), for the operator's log line. */
+size_t store__map_size(const struct store *s);
 
 int store__begin(struct store *s, bool write, struct store_txn **txn);
 /* Commits and frees txn whatever the result. */
