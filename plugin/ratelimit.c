@@ -10,9 +10,10 @@
  *   request  {"ok":false,"error":{"code":"rate_limited",…,"retry_after_ms"}}
  *   receipt  PUBACK 0x87 + send_failed {code rate_limited, retry_after_ms}
  *   typing   dropped silently (QoS 0, fire and forget)
- * A duplicate send (a resend of a stored cmid) takes a token like any other:
- * the check comes before the payload is even read, so a flood of resends
- * costs no transaction either.
+ * The check comes before the payload is parsed: a refusal costs a hash
+ * lookup, a scan of the payload for its cmid (echoed in send_failed) and the
+ * event — no parse, no transaction. So a duplicate send (a resend of a
+ * stored cmid) takes a token like any other.
  *
  * Tokens are counted in thousandths so rates need no floating point. Time is
  * chat->now_ms() (tests replace it); a clock that steps back refills nothing.
@@ -21,6 +22,7 @@
  * the broker tick, so the table holds only users active in the last
  * burst/rate seconds.
  */
+#define _GNU_SOURCE   /* memmem */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -134,23 +136,37 @@ enum chat_err ratelimit__take(struct chat *chat, const char *user, enum chat_rat
 	return CHAT_E_RATE_LIMITED;
 }
 
+/* Finds the cmid of a refused send without parsing the payload (a flood
+ * must stay cheap to refuse, whatever its size): the first "cmid" key
+ * followed by a string with no escapes, up to CHAT_CMID_ECHO_MAX bytes of
+ * UTF-8. The key cannot match inside a string value, where its quotes would
+ * be escaped. Copies it into buf; false if there is none. */
+static bool scan_cmid(const char *p, size_t len, char *buf)
+{
+	const char *end = p + len, *q = memmem(p, len, "\"cmid\"", 6), *v;
+
+	if(!q) return false;
+	for(q += 6; q < end && (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r'); q++);
+	if(q == end || *q++ != ':') return false;
+	for(; q < end && (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r'); q++);
+	if(q == end || *q++ != '"') return false;
+	for(v = q; q < end && *q != '"' && *q != '\\' && (unsigned char)*q >= 0x20; q++){
+		if(q - v >= CHAT_CMID_ECHO_MAX) return false;
+	}
+	if(q == end || *q != '"' || !json__valid_utf8((const unsigned char *)v, (size_t)(q - v))) return false;
+	memcpy(buf, v, (size_t)(q - v));
+	buf[q - v] = '\0';
+	return true;
+}
+
 enum chat_verdict ratelimit__refuse_send(struct chat *chat, const struct chat_client *cl, const struct topic_ref *ref,
 		const void *payload, size_t len, const struct chat_error *e, struct chat_outbox *out)
 {
-	struct chat_error ignored;
-	const char *cmid = NULL;
-	const cJSON *jc;
-	cJSON *root = NULL;
-	enum chat_verdict v;
+	char cmid[CHAT_CMID_ECHO_MAX + 1];
+	bool found = len <= chat->cfg.max_payload && scan_cmid(payload, len, cmid);
 
-	/* the cmid tells the client which send to retry; only read on refusal */
-	if(!json__parse_object(payload, len, chat->cfg.max_payload, &root, &ignored)){
-		jc = cJSON_GetObjectItemCaseSensitive(root, "cmid");
-		if(cJSON_IsString(jc) && strlen(jc->valuestring) <= CHAT_CMID_ECHO_MAX) cmid = jc->valuestring;
-	}
-	v = message__refuse(chat, cl, ref, cmid, e, out);
-	cJSON_Delete(root);
-	return v;
+	/* the cmid tells the client which send to retry */
+	return message__refuse(chat, cl, ref, found ? cmid : NULL, e, out);
 }
 
 void ratelimit__sweep(struct chat *chat, uint64_t now)

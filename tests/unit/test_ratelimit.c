@@ -168,6 +168,26 @@ int main(void)
 	CHECK_EQ_STR(str(r, "code"), "rate_limited");
 	CHECK(cJSON_GetObjectItem(r, "cmid") == NULL);
 	cJSON_Delete(r);
+	/* the cmid is found without a parse: spacing, a "cmid" inside the body, escapes, a cmid too long */
+	CHECK_EQ_INT(pub("alice", 0, t_send, "{\"body\":\"say \\\"cmid\\\":\\\"evil\\\"\" , \"cmid\" :\n \"c9\"}", "/event", &r),
+			CHAT_REFUSED);
+	CHECK_EQ_STR(str(r, "cmid"), "c9");
+	cJSON_Delete(r);
+	pub("alice", 0, t_send, "{\"cmid\":\"a\\u0041\",\"body\":\"x\"}", "/event", &r);
+	CHECK(cJSON_GetObjectItem(r, "cmid") == NULL);
+	CHECK_EQ_STR(str(r, "code"), "rate_limited");
+	cJSON_Delete(r);
+	{
+		char big[400];
+		snprintf(big, sizeof(big), "{\"cmid\":\"%0300d\",\"body\":\"x\"}", 7);
+		pub("alice", 0, t_send, big, "/event", &r);
+		CHECK(cJSON_GetObjectItem(r, "cmid") == NULL);
+		cJSON_Delete(r);
+		snprintf(big, sizeof(big), "{\"cmid\":\"%0256d\",\"body\":\"x\"}", 7);
+		pub("alice", 0, t_send, big, "/event", &r);
+		CHECK_EQ_INT(strlen(str(r, "cmid")), 256);
+		cJSON_Delete(r);
+	}
 	fake_now += 500;   /* 2/s: one token */
 	CHECK_EQ_INT(pub("alice", 0, t_send, "{\"cmid\":\"c3\",\"body\":\"x\"}", "/m", &r), CHAT_CONSUMED);
 	CHECK_EQ_INT(num(r, "seq"), 5);   /* no gap: the refusals stored nothing */
