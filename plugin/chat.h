@@ -34,7 +34,7 @@ enum chat_fsync {
 /* ratelimit.c: what a user's token buckets count */
 enum chat_rate {
 	CHAT_RATE_SEND = 0,     /* publishes on {p}/send/{conv}, duplicates included */
-	CHAT_RATE_REQUEST,      /* publishes on {p}/req */
+	CHAT_RATE_REQUEST,      /* publishes on {p}/req and {p}/p/{me} */
 	CHAT_RATE_RECEIPT,      /* publishes on {p}/receipt/{conv} */
 	CHAT_RATE_TYPING,       /* publishes on {p}/typing/{conv} */
 	CHAT_RATE_KINDS,

@@ -144,6 +144,25 @@ def test_request_rate_limit(make_broker, users):
     assert alice.ok("conv.list")
 
 
+def test_presence_draws_on_the_request_bucket(make_broker, users):
+    br = make_broker(opts={"rate_request": 1, "rate_request_burst": 3})
+    a, b = users("alice", "bob")
+    bob = br.client(b)
+    alice = br.client(a)
+    alice.create_group("G", [b])            # 1 token
+    assert bob.subscribe(f"chat/p/{a}") == [1]
+    t0 = time.monotonic()
+    rcs = [alice.publish(f"chat/p/{a}", {"state": "online"}, retain=True) for _ in range(3)]
+    elapsed = time.monotonic() - t0
+    assert rcs[:2] == [0x10, 0x10] or rcs[:2] == [0, 0], rcs
+    if elapsed < 1:
+        assert rcs[2] == 0x87
+        ev = alice.expect_event(pred=lambda e: e.get("event") == "send_failed")
+        assert ev["code"] == "rate_limited" and "conv" not in ev
+        time.sleep(0.3)
+        assert len([m for m in bob.drain(f"chat/p/{a}") if m.json.get("state") == "online"]) == 2
+
+
 def test_receipt_rate_limit(make_broker, users):
     br = make_broker(opts={"rate_receipt": 1, "rate_receipt_burst": 2})
     a, b = users("alice", "bob")
