@@ -16,6 +16,7 @@
 #include <cjson/cJSON.h>
 
 #include "store.h"
+#include "jwt.h"
 
 #define CHAT_ID_MAX 64          /* user, conv and cmid ids: 1..64 chars */
 #define CHAT_NAME_MAX 128       /* group name, in bytes of UTF-8 */
@@ -64,6 +65,7 @@ struct chat_config {
 	unsigned push_retry_ms;        /* re-publish a job not acked within this */
 	bool push_preview;             /* message text in pushes at all */
 	unsigned push_max_devices;     /* push devices per user */
+	struct jwt_config jwt;         /* plugin_opt_auth and jwt_* (jwt.h) */
 	unsigned max_conversations_per_user;  /* conversations one user may belong to */
 	unsigned max_name;             /* group name, bytes of UTF-8 (<= CHAT_NAME_MAX) */
 	unsigned rate[CHAT_RATE_KINDS];              /* ratelimit.c: tokens per second per user, by enum chat_rate; 0 = unlimited */

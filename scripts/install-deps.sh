@@ -30,7 +30,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # Python test tools go to the python3 on PATH (here: pyenv's 3.11), not /usr/bin/python3.
-if ! python3 -c 'import paho.mqtt, pytest, pytest_mqtt, jsonschema, referencing, yaml, matplotlib, cryptography, h2' 2>/dev/null; then
+if ! python3 -c 'import paho.mqtt, pytest, pytest_mqtt, jsonschema, referencing, yaml, matplotlib, cryptography, h2, jwt' 2>/dev/null; then
 	echo "==> pip install -r tests/requirements.txt ($(command -v python3))"
 	python3 -m pip install -q --disable-pip-version-check -r tests/requirements.txt
 fi
