@@ -175,6 +175,11 @@ static enum chat_err read_users(const cJSON *args, const char *name, size_t min,
 	*out = NULL;
 	if(!arr) return chat__fail(e, CHAT_E_INVALID_FIELD, "'%s' is required", name);
 	if(!cJSON_IsArray(arr)) return chat__fail(e, CHAT_E_INVALID_FIELD, "'%s' must be an array of user ids", name);
+	/* duplicates are folded by a walk of the users kept so far: bound the entries so one request's folding
+	 * stays O(max^2) however long the payload */
+	if((size_t)cJSON_GetArraySize(arr) > 2 * max){
+		return chat__fail(e, CHAT_E_TOO_MANY_MEMBERS, "'%s' has more than %zu entries", name, 2 * max);
+	}
 	users = cJSON_CreateArray();
 	if(!users) return chat__fail(e, CHAT_E_NOMEM, "out of memory");
 	cJSON_ArrayForEach(it, arr){

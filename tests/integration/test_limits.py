@@ -315,6 +315,11 @@ def test_members_list_length(make_broker, users):
     g = alice.create_group("G", [])
     alice.err("members.add", {"conv": g, "users": [uname("m") for _ in range(5)]}, code="too_many_members")
     assert len(alice.ok("members.add", {"conv": g, "users": [uname("m") for _ in range(3)]})["added"]) == 3
+    # duplicates are folded, but a list has at most 2 x max_members entries
+    x, y = uname("x"), uname("y")
+    alice.err("conv.create", {"type": "group", "name": "d", "members": [x, y] * 4 + [x]}, code="too_many_members")
+    g2 = alice.create_group("d", [x, y] * 4)
+    assert len(alice.conv_get(g2)["members"]) == 3
 
 
 def test_push_max_devices_option(make_broker, users):
