@@ -45,6 +45,7 @@ void chat__close(struct chat *chat)
 {
 	if(!chat) return;
 	typing__free(chat);
+	ratelimit__free(chat);
 	presence__free(chat);
 	store__close(chat->store);
 	config__free(&chat->cfg);
@@ -90,6 +91,7 @@ void chat__tick(struct chat *chat, struct chat_outbox *out)
 	if(chat->offline_pending) presence__tick(chat, out);
 	push__tick(chat, out);
 	stats__tick(chat, chat->now_ms(), out);
+	ratelimit__sweep(chat, chat->now_ms());
 }
 
 void chat__disconnect(struct chat *chat, const void *conn, struct chat_outbox *out)

@@ -32,6 +32,15 @@ enum chat_fsync {
 	CHAT_FSYNC_ALWAYS = 1,  /* fsync before the ack: survives power loss */
 };
 
+/* ratelimit.c: what a user's token buckets count */
+enum chat_rate {
+	CHAT_RATE_SEND = 0,     /* publishes on {p}/send/{conv}, duplicates included */
+	CHAT_RATE_REQUEST,      /* publishes on {p}/req and {p}/p/{me} */
+	CHAT_RATE_RECEIPT,      /* publishes on {p}/receipt/{conv} */
+	CHAT_RATE_TYPING,       /* publishes on {p}/typing/{conv} */
+	CHAT_RATE_KINDS,
+};
+
 struct chat_config {
 	char *db_path;
 	size_t map_size;
@@ -58,6 +67,10 @@ struct chat_config {
 	unsigned push_max_devices;     /* push devices per user */
 	struct jwt_config jwt;         /* plugin_opt_auth and jwt_* (jwt.h) */
 	unsigned stats_interval_ms;    /* stats.c: publish {p}/stats this often, 0 = never */
+	unsigned max_conversations_per_user;  /* conversations one user may belong to */
+	unsigned max_name;             /* group name, bytes of UTF-8 (<= CHAT_NAME_MAX) */
+	unsigned rate[CHAT_RATE_KINDS];              /* ratelimit.c: tokens per second per user, by enum chat_rate; 0 = unlimited */
+	unsigned rate_burst[CHAT_RATE_KINDS];        /* ratelimit.c: bucket size, by enum chat_rate */
 };
 
 void config__defaults(struct chat_config *cfg);
@@ -87,6 +100,8 @@ enum chat_err {
 	CHAT_E_NOT_SUPPORTED,
 	CHAT_E_TOO_MANY_DEVICES,
 	CHAT_E_STORAGE_FULL,   /* the LMDB map is full: a write refused, reads go on */
+	CHAT_E_RATE_LIMITED,
+	CHAT_E_TOO_MANY_CONVERSATIONS,
 	CHAT_E_STORE,   /* never sent: the commit failed, the client gets no ack */
 	CHAT_E_NOMEM,   /* never sent: treated like CHAT_E_STORE */
 };
@@ -94,6 +109,7 @@ enum chat_err {
 struct chat_error {
 	enum chat_err code;
 	char message[200];
+	uint32_t retry_after_ms;   /* CHAT_E_RATE_LIMITED: when the next token is due */
 };
 
 const char *chat_err__code(enum chat_err code);
@@ -218,6 +234,7 @@ struct device;
 struct device_user;
 struct offline_pending;
 struct typing_entry;
+struct rate_user;
 
 struct chat {
 	struct chat_config cfg;
@@ -229,6 +246,8 @@ struct chat {
 	struct device_user *device_users;/* presence.c: users with >= 1 connected device */
 	struct offline_pending *offline_pending; /* presence.c: users whose last device just went */
 	struct typing_entry *typing;     /* typing.c: who is typing where */
+	struct rate_user *rate_users;    /* ratelimit.c: token buckets of users seen lately */
+	uint64_t rate_swept_ms;          /* ratelimit.c: last sweep of idle full buckets */
 	bool push_resend_all;            /* push.c: re-publish every job (at start) */
 	uint64_t push_delivered, push_failed, push_unregistered;
 	struct chat_stats stats;         /* stats.c */
@@ -390,5 +409,29 @@ enum chat_err push__devices_unregister(struct chat *, struct store_txn *, const 
 enum chat_err push__devices_list(struct chat *, struct store_txn *, const char *, const cJSON *, cJSON *, struct chat_outbox *, struct chat_error *);
 enum chat_err push__conv_mute(struct chat *, struct store_txn *, const char *, const cJSON *, cJSON *, struct chat_outbox *, struct chat_error *);
 enum chat_err push__conv_preview(struct chat *, struct store_txn *, const char *, const cJSON *, cJSON *, struct chat_outbox *, struct chat_error *);
+
+/* ======================================================================
+ * ratelimit.c — token buckets per user (all devices of a user share them)
+ * ====================================================================== */
+
+/* "send", "request", …: the option name after "rate_". */
+const char *ratelimit__kind_name(enum chat_rate kind);
+/* Bucket arithmetic on milli-tokens (pure, for the unit tests). rate is
+ * tokens/s (> 0), burst the bucket size in tokens. */
+uint64_t ratelimit__refill(uint64_t milli, unsigned rate, unsigned burst, uint64_t elapsed_ms);
+/* Takes one token: true, or false with *retry_ms = ms until one is due. */
+bool ratelimit__take_one(uint64_t *milli, unsigned rate, uint32_t *retry_ms);
+/* Takes a token of kind from user's bucket at chat->now_ms(). Returns
+ * CHAT_E_OK or CHAT_E_RATE_LIMITED with e filled (retry_after_ms set).
+ * Decided before anything is parsed or stored. */
+enum chat_err ratelimit__take(struct chat *chat, const char *user, enum chat_rate kind, struct chat_error *e);
+/* A send refused by ratelimit__take: the send_failed event, with the
+ * payload's cmid echoed when it has one. Returns CHAT_REFUSED. */
+enum chat_verdict ratelimit__refuse_send(struct chat *chat, const struct chat_client *cl, const struct topic_ref *ref,
+		const void *payload, size_t len, const struct chat_error *e, struct chat_outbox *out);
+/* Forgets users whose buckets are all full again (at most once a second). */
+void ratelimit__sweep(struct chat *chat, uint64_t now);
+size_t ratelimit__tracked(const struct chat *chat);
+void ratelimit__free(struct chat *chat);
 
 #endif

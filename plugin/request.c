@@ -121,6 +121,7 @@ enum chat_verdict request__handle(struct chat *chat, const struct chat_client *c
 	const char *op_name = NULL;
 	cJSON *req = NULL, *reply = NULL, *result = NULL, *it;
 	enum chat_err rc;
+	enum chat_err limited = ratelimit__take(chat, cl->username, CHAT_RATE_REQUEST, &e);   /* before anything is run */
 
 	if(!topic__build(topic, sizeof(topic), &chat->cfg, "u", cl->username, "reply")) return CHAT_REFUSED;
 	chat->stats.requests++;
@@ -144,6 +145,7 @@ enum chat_verdict request__handle(struct chat *chat, const struct chat_client *c
 					chat->cfg.prefix, cl->username);
 		}
 	}
+	if(!rc) rc = limited;
 	if(!rc && !(op = find_op(op_name))){
 		rc = chat__fail(&e, CHAT_E_UNKNOWN_OP, "unknown op '%.32s'", op_name);
 	}
@@ -169,6 +171,7 @@ enum chat_verdict request__handle(struct chat *chat, const struct chat_client *c
 		if(err){
 			cJSON_AddStringToObject(err, "code", chat_err__code(rc));
 			cJSON_AddStringToObject(err, "message", e.message);
+			if(rc == CHAT_E_RATE_LIMITED) cJSON_AddNumberToObject(err, "retry_after_ms", e.retry_after_ms);
 		}
 	}else{
 		/* {"ok":true,"op","req_id", …result} */

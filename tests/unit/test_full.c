@@ -70,6 +70,10 @@ int main(void)
 	config__defaults(&cfg);
 	config__set(&cfg, "db_path", dir, err, sizeof(err));
 	config__set(&cfg, "map_size", "1M", err, sizeof(err));
+	/* this test fills the map, not the rate limits */
+	config__set(&cfg, "rate_send", "0", err, sizeof(err));
+	config__set(&cfg, "rate_request", "0", err, sizeof(err));
+	config__set(&cfg, "rate_receipt", "0", err, sizeof(err));
 	CHECK_EQ_INT(chat__open(&chat, &cfg, err, sizeof(err)), 0);
 
 	/* a group of alice and 400 readers */
