@@ -243,3 +243,76 @@ char *json__print(const cJSON *obj, size_t *len)
 	if(s && len) *len = strlen(s);
 	return s;
 }
+
+/* ====================================================================== *
+ * Writing JSON without a tree
+ * ====================================================================== */
+
+/* Bytes json__put_str writes for s: the quotes, and every byte escaped the
+ * way cJSON prints it (" \ \b \f \n \r \t as two bytes, other controls as
+ * \u00XX, the rest — UTF-8 included — as is). */
+size_t json__str_len(const char *s)
+{
+	size_t n = 2;
+	for(const unsigned char *p = (const unsigned char *)s; *p; p++){
+		if(*p >= 0x20 && *p != '"' && *p != '\\') n += 1;
+		else if(*p == '"' || *p == '\\' || *p == '\b' || *p == '\f' || *p == '\n' || *p == '\r' || *p == '\t') n += 2;
+		else n += 6;
+	}
+	return n;
+}
+
+/* Writes s as a JSON string at dst (json__str_len(s) bytes, no NUL);
+ * returns the end. */
+char *json__put_str(char *dst, const char *s)
+{
+	static const char hex[] = "0123456789abcdef";
+	const unsigned char *p = (const unsigned char *)s;
+
+	*dst++ = '"';
+	for(;;){
+		const unsigned char *run = p;
+		while(*p >= 0x20 && *p != '"' && *p != '\\') p++;
+		memcpy(dst, run, (size_t)(p - run));
+		dst += p - run;
+		if(!*p) break;
+		*dst++ = '\\';
+		switch(*p){
+			case '"': *dst++ = '"'; break;
+			case '\\': *dst++ = '\\'; break;
+			case '\b': *dst++ = 'b'; break;
+			case '\f': *dst++ = 'f'; break;
+			case '\n': *dst++ = 'n'; break;
+			case '\r': *dst++ = 'r'; break;
+			case '\t': *dst++ = 't'; break;
+			default:
+				memcpy(dst, "u00", 3);
+				dst[3] = hex[*p >> 4];
+				dst[4] = hex[*p & 0xf];
+				dst += 5;
+		}
+		p++;
+	}
+	*dst++ = '"';
+	return dst;
+}
+
+/* Writes v in decimal at dst (at most 20 bytes, no NUL); returns the end. */
+char *json__put_u64(char *dst, uint64_t v)
+{
+	char tmp[20];
+	size_t n = 0;
+	do{
+		tmp[n++] = (char)('0' + v % 10);
+		v /= 10;
+	}while(v);
+	while(n) *dst++ = tmp[--n];
+	return dst;
+}
+
+/* Writes the n bytes of s at dst; returns the end. */
+char *json__put_raw(char *dst, const char *s, size_t n)
+{
+	memcpy(dst, s, n);
+	return dst + n;
+}

@@ -53,6 +53,12 @@ static const char *const dbi_names[DBI_COUNT] = {
 	"pushdevs", "tokens", "prefs", "pushq", "pushpend", "meta",
 };
 
+struct store_txn {
+	struct store *s;
+	MDB_txn *txn;
+	bool write;
+};
+
 struct store {
 	MDB_env *env;
 	MDB_dbi dbi[DBI_COUNT];
@@ -66,14 +72,16 @@ struct store {
 	pthread_mutex_t flush_lock;
 	pthread_cond_t flush_wake;
 	bool flusher_stop;      /* under flush_lock */
+	struct store_txn wtxn;  /* the one write transaction (the broker is single-threaded) */
+	bool wtxn_busy;
 	char last_error[160];
 };
 
-struct store_txn {
-	struct store *s;
-	MDB_txn *txn;
-	bool write;
-};
+/* The on-disk format, in meta under FORMAT_KEY. 1 (no record): last_seq kept
+ * in "seqs". 2: "seqs" is no longer written; a conversation's last_seq is the
+ * key of its last message. A database of a newer format is refused. */
+#define FORMAT_KEY "format"
+#define FORMAT_VERSION 2
 
 /* LMDB keys are at most 511 bytes; our largest, user \0 platform \0 token, is
  * 64+1+7+1+400. */
@@ -162,6 +170,31 @@ static void *flusher_main(void *arg)
 	return NULL;
 }
 
+/* Refuses a database written by a newer format; stamps an older or new one
+ * with ours. Format 1 databases need no conversion: their "seqs" always equal
+ * the last message's key (messages are never deleted). Returns 0, -1 with err
+ * filled, or an LMDB error code. */
+static int format_check(struct store *s, MDB_txn *txn, const char *path, char *err, size_t errlen)
+{
+	MDB_val k = {sizeof(FORMAT_KEY) - 1, FORMAT_KEY}, v;
+	unsigned char buf[8];
+	uint64_t have = 1;
+	int rc = mdb_get(txn, s->dbi[DBI_META], &k, &v);
+
+	if(rc == 0 && v.mv_size == 8) have = be64_get(v.mv_data);
+	else if(rc != MDB_NOTFOUND && rc != 0) return rc;
+	if(have > FORMAT_VERSION){
+		snprintf(err, errlen, "database %s has format %llu, this build reads up to %d: use a newer build",
+				path, (unsigned long long)have, FORMAT_VERSION);
+		return -1;
+	}
+	if(rc == 0 && have == FORMAT_VERSION) return 0;
+	be64_put(buf, FORMAT_VERSION);
+	v.mv_size = 8;
+	v.mv_data = buf;
+	return mdb_put(txn, s->dbi[DBI_META], &k, &v, 0);
+}
+
 int store__open(struct store **out, const char *path, size_t map_size, bool sync_each, unsigned flush_ms,
 		char *err, size_t errlen)
 {
@@ -196,6 +229,12 @@ int store__open(struct store **out, const char *path, size_t map_size, bool sync
 	if((rc = mdb_txn_begin(s->env, NULL, 0, &txn)) != 0) goto fail;
 	for(int i = 0; i < DBI_COUNT; i++){
 		if((rc = mdb_dbi_open(txn, dbi_names[i], MDB_CREATE, &s->dbi[i])) != 0) goto fail;
+	}
+	if((rc = format_check(s, txn, path, err, errlen)) != 0){
+		mdb_txn_abort(txn);
+		mdb_env_close(s->env);
+		free(s);
+		return STORE_ERR;
 	}
 	rc = mdb_txn_commit(txn);
 	txn = NULL;
@@ -265,8 +304,12 @@ int store__begin(struct store *s, bool write, struct store_txn **out)
 	int rc;
 
 	*out = NULL;
-	t = malloc(sizeof(*t));
-	if(!t) return STORE_ERR;
+	if(write && !s->wtxn_busy){
+		t = &s->wtxn;
+	}else{
+		t = malloc(sizeof(*t));
+		if(!t) return STORE_ERR;
+	}
 	t->s = s;
 	t->write = write;
 	if(write){
@@ -282,12 +325,19 @@ int store__begin(struct store *s, bool write, struct store_txn **out)
 		rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &t->txn);
 	}
 	if(rc){
-		free(t);
+		if(t != &s->wtxn) free(t);
 		return map_rc(s, rc, "begin");
 	}
+	if(t == &s->wtxn) s->wtxn_busy = true;
 	if(t->txn == s->rtxn) s->rtxn_live = true;
 	*out = t;
 	return STORE_OK;
+}
+
+static void txn_free(struct store_txn *t)
+{
+	if(t == &t->s->wtxn) t->s->wtxn_busy = false;
+	else free(t);
 }
 
 static void txn_release(struct store_txn *t)
@@ -299,7 +349,7 @@ static void txn_release(struct store_txn *t)
 	}else{
 		mdb_txn_abort(t->txn);
 	}
-	free(t);
+	txn_free(t);
 }
 
 int store__commit(struct store_txn *t)
@@ -312,7 +362,7 @@ int store__commit(struct store_txn *t)
 		return STORE_OK;
 	}
 	rc = mdb_txn_commit(t->txn);
-	free(t);
+	txn_free(t);
 	if(rc == 0 && !s->sync_each) atomic_store(&s->dirty, true);
 	return map_rc(s, rc, "commit");
 }
@@ -322,7 +372,7 @@ void store__abort(struct store_txn *t)
 	if(!t) return;
 	if(t->write){
 		mdb_txn_abort(t->txn);
-		free(t);
+		txn_free(t);
 	}else{
 		txn_release(t);
 	}
@@ -379,6 +429,33 @@ static int prefix_each(struct store_txn *t, int dbi, const unsigned char *prefix
  * Conversations
  * ====================================================================== */
 
+static size_t msg_key(unsigned char *k, const char *conv, uint64_t seq);
+
+/* The seq of conv's last message (0: none): the key just below
+ * (conv \0 FF…FF) in msgs. One seek on the pages a send dirties anyway, where
+ * a separate counter was one more B-tree written per message. */
+static int last_seq(struct store_txn *t, const char *conv, uint64_t *seq)
+{
+	unsigned char k[KEY_MAX];
+	size_t kl = msg_key(k, conv, UINT64_MAX), pl = kl - 8;
+	MDB_cursor *cur;
+	MDB_val key = {kl, k}, v;
+	int rc;
+
+	*seq = 0;
+	if(!kl) return STORE_OK;
+	rc = mdb_cursor_open(t->txn, t->s->dbi[DBI_MSGS], &cur);
+	if(rc) return map_rc(t->s, rc, "cursor");
+	rc = mdb_cursor_get(cur, &key, &v, MDB_SET_RANGE);
+	rc = mdb_cursor_get(cur, &key, &v, rc == MDB_NOTFOUND ? MDB_LAST : MDB_PREV);
+	if(rc == 0 && key.mv_size == kl && memcmp(key.mv_data, k, pl) == 0){
+		*seq = be64_get((const unsigned char *)key.mv_data + pl);
+	}
+	mdb_cursor_close(cur);
+	if(rc != 0 && rc != MDB_NOTFOUND) return map_rc(t->s, rc, "cursor");
+	return STORE_OK;
+}
+
 int store__conv_get(struct store_txn *t, const char *conv, struct store_conv *out)
 {
 	MDB_val v;
@@ -393,15 +470,7 @@ int store__conv_get(struct store_txn *t, const char *conv, struct store_conv *ou
 	out->created_ms = be64_get(p + 1);
 	memcpy(out->name, p + 9, nl);
 	out->name[nl] = '\0';
-	rc = kv_get(t, DBI_SEQS, conv, kl, &v);
-	if(rc == STORE_NOTFOUND){
-		out->last_seq = 0;
-	}else if(rc){
-		return rc;
-	}else{
-		out->last_seq = v.mv_size == 8 ? be64_get(v.mv_data) : 0;
-	}
-	return STORE_OK;
+	return last_seq(t, conv, &out->last_seq);
 }
 
 int store__conv_put(struct store_txn *t, const char *conv, const struct store_conv *c)
@@ -414,12 +483,6 @@ int store__conv_put(struct store_txn *t, const char *conv, const struct store_co
 	return kv_put(t, DBI_CONVS, conv, strlen(conv), buf, 9 + nl);
 }
 
-int store__seq_put(struct store_txn *t, const char *conv, uint64_t last_seq)
-{
-	unsigned char buf[8];
-	be64_put(buf, last_seq);
-	return kv_put(t, DBI_SEQS, conv, strlen(conv), buf, 8);
-}
 
 /* ====================================================================== *
  * Members
@@ -618,6 +681,25 @@ int store__cmid_put(struct store_txn *t, const char *conv, const char *from, con
 	if(!kl) return STORE_ERR;
 	be64_put(v, seq);
 	return kv_put(t, DBI_CMIDS, k, kl, v, 8);
+}
+
+int store__cmid_claim(struct store_txn *t, const char *conv, const char *from, const char *cmid, uint64_t *seq)
+{
+	unsigned char k[KEY_MAX], v[8];
+	size_t kl = key_join(k, conv, from, cmid);
+	MDB_val key = {kl, k}, val = {8, v};
+	int rc;
+	if(!kl) return STORE_ERR;
+	be64_put(v, *seq);
+	/* one descent for the duplicate check and the insert: on MDB_KEYEXIST
+	 * LMDB hands back the stored value */
+	rc = mdb_put(t->txn, t->s->dbi[DBI_CMIDS], &key, &val, MDB_NOOVERWRITE);
+	if(rc == MDB_KEYEXIST){
+		if(val.mv_size != 8) return STORE_ERR;
+		*seq = be64_get(val.mv_data);
+		return STORE_EXISTS;
+	}
+	return map_rc(t->s, rc, dbi_names[DBI_CMIDS]);
 }
 
 static size_t pair_key(unsigned char *k, const char *a, const char *b)
