@@ -91,6 +91,15 @@ bool json__valid_utf8(const unsigned char *s, size_t len)
 		unsigned char c = s[i];
 		size_t n;
 		uint32_t cp;
+		/* eight ASCII bytes, none of them NUL, at a time */
+		while(len - i >= 8){
+			uint64_t w;
+			memcpy(&w, s + i, 8);
+			if((w & 0x8080808080808080ULL) || ((w - 0x0101010101010101ULL) & ~w & 0x8080808080808080ULL)) break;
+			i += 8;
+		}
+		if(i == len) break;
+		c = s[i];
 		if(c == 0) return false;
 		if(c < 0x80){
 			i++;
@@ -127,8 +136,10 @@ bool json__valid_utf8(const unsigned char *s, size_t len)
  * run of backslashes is itself escaped, so only an even run counts. */
 static bool has_nul_escape(const char *s, size_t len)
 {
-	for(size_t i = 0; i + 6 <= len; i++){
-		if(s[i] == '\\' && !memcmp(s + i + 1, "u0000", 5)){
+	const char *b = s;
+	while(len >= 6 && (b = memchr(b, '\\', len - (size_t)(b - s) - 5)) != NULL){
+		size_t i = (size_t)(b++ - s);
+		if(!memcmp(s + i + 1, "u0000", 5)){
 			size_t run = 0;
 			while(run < i && s[i - 1 - run] == '\\') run++;
 			if(run % 2 == 0) return true;
@@ -248,22 +259,30 @@ char *json__print(const cJSON *obj, size_t *len)
  * Writing JSON without a tree
  * ====================================================================== */
 
-/* Bytes json__put_str writes for s: the quotes, and every byte escaped the
- * way cJSON prints it (" \ \b \f \n \r \t as two bytes, other controls as
- * \u00XX, the rest — UTF-8 included — as is). */
+/* How many bytes each byte takes in a JSON string the way cJSON prints it:
+ * " and \ and \b \f \n \r \t two, other controls six (\u00XX), the rest
+ * (UTF-8 included) one. */
+static const unsigned char esc_len[256] = {
+	6, 6, 6, 6, 6, 6, 6, 6, 2, 2, 2, 6, 2, 2, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6,
+	1, 1, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+	1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 1, 1, 1,
+	1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+	1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+	1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+	1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+	1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+};
+
+/* Bytes json__put_str writes for s, quotes included. */
 size_t json__str_len(const char *s)
 {
 	size_t n = 2;
-	for(const unsigned char *p = (const unsigned char *)s; *p; p++){
-		if(*p >= 0x20 && *p != '"' && *p != '\\') n += 1;
-		else if(*p == '"' || *p == '\\' || *p == '\b' || *p == '\f' || *p == '\n' || *p == '\r' || *p == '\t') n += 2;
-		else n += 6;
-	}
+	for(const unsigned char *p = (const unsigned char *)s; *p; p++) n += esc_len[*p];
 	return n;
 }
 
-/* Writes s as a JSON string at dst (json__str_len(s) bytes, no NUL);
- * returns the end. */
+/* Writes s as a JSON string at dst (json__str_len(s) bytes, no NUL), the
+ * bytes cJSON would print; returns the end. */
 char *json__put_str(char *dst, const char *s)
 {
 	static const char hex[] = "0123456789abcdef";
@@ -272,7 +291,7 @@ char *json__put_str(char *dst, const char *s)
 	*dst++ = '"';
 	for(;;){
 		const unsigned char *run = p;
-		while(*p >= 0x20 && *p != '"' && *p != '\\') p++;
+		while(esc_len[*p] == 1) p++;
 		memcpy(dst, run, (size_t)(p - run));
 		dst += p - run;
 		if(!*p) break;

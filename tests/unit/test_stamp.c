@@ -1,0 +1,159 @@
+/* The stamped message formatted without cJSON: the bytes cJSON would print
+ * for it whatever the body holds; and the store's format record (a format 1
+ * database opens, a newer one is refused). */
+#include <inttypes.h>
+#include <lmdb.h>
+#include "chat.h"
+#include "check.h"
+
+static struct chat *chat;
+static uint64_t clock_ms(void) { return 1763900000123ULL; }
+
+/* Sends body (a JSON string literal, escapes and all) as user and returns
+ * the stamped payload (caller frees), or NULL. */
+static char *send_body(const char *user, const char *conv, const char *cmid, const char *body_json, const char *extra)
+{
+	struct chat_client c = {.conn = user, .username = user, .client_id = user, .protocol_version = 4};
+	struct chat_outbox out;
+	struct chat_rewrite rw = {0};
+	char topic[128], payload[4096];
+	char *stamped = NULL;
+
+	snprintf(topic, sizeof(topic), "chat/send/%s", conv);
+	snprintf(payload, sizeof(payload), "{\"cmid\":\"%s\",\"body\":%s%s}", cmid, body_json, extra);
+	outbox__init(&out);
+	CHECK_EQ_INT(chat__handle_publish(chat, &c, topic, payload, strlen(payload), &out, &rw), CHAT_CONSUMED);
+	for(struct outbox_pub *p = out.head; p; p = p->next){
+		size_t tl = strlen(p->topic);
+		if(tl > 2 && !strcmp(p->topic + tl - 2, "/m")){
+			stamped = malloc(p->len + 1);
+			memcpy(stamped, p->payload, p->len);
+			stamped[p->len] = '\0';
+			break;
+		}
+	}
+	outbox__clear(&out);
+	return stamped;
+}
+
+/* stamped must be exactly what cJSON prints for the message it parses to,
+ * and its body must be the string body_json denotes. */
+static void check_stamped(const char *stamped, const char *body_json)
+{
+	cJSON *m = stamped ? cJSON_Parse(stamped) : NULL, *b = cJSON_Parse(body_json);
+	char *printed = m ? cJSON_PrintUnformatted(m) : NULL;
+	CHECK(m != NULL);
+	CHECK_EQ_STR(printed, stamped);
+	CHECK(b && m && cJSON_IsString(cJSON_GetObjectItem(m, "body"))
+			&& !strcmp(cJSON_GetObjectItem(m, "body")->valuestring, b->valuestring));
+	cJSON_free(printed);
+	cJSON_Delete(m);
+	cJSON_Delete(b);
+}
+
+static void set_format(const char *dir, uint64_t v, bool del)
+{
+	MDB_env *env;
+	MDB_txn *txn;
+	MDB_dbi dbi;
+	unsigned char buf[8];
+	MDB_val k = {6, "format"}, val = {8, buf};
+	for(int i = 7; i >= 0; i--, v >>= 8) buf[i] = (unsigned char)(v & 0xff);
+	CHECK_EQ_INT(mdb_env_create(&env), 0);
+	mdb_env_set_maxdbs(env, 32);
+	CHECK_EQ_INT(mdb_env_open(env, dir, 0, 0640), 0);
+	CHECK_EQ_INT(mdb_txn_begin(env, NULL, 0, &txn), 0);
+	CHECK_EQ_INT(mdb_dbi_open(txn, "meta", 0, &dbi), 0);
+	if(del) CHECK_EQ_INT(mdb_del(txn, dbi, &k, NULL), 0);
+	else CHECK_EQ_INT(mdb_put(txn, dbi, &k, &val, 0), 0);
+	CHECK_EQ_INT(mdb_txn_commit(txn), 0);
+	mdb_env_close(env);
+}
+
+static int open_chat(const char *dir, char *err, size_t errlen)
+{
+	struct chat_config cfg;
+	config__defaults(&cfg);
+	config__set(&cfg, "db_path", dir, err, errlen);
+	if(chat__open(&chat, &cfg, err, errlen)) return -1;
+	chat->now_ms = clock_ms;
+	return 0;
+}
+
+int main(void)
+{
+	static const char *const bodies[] = {
+		"\"plain\"",
+		"\"quote \\\" backslash \\\\ slash / \\/\"",
+		"\"controls \\b\\f\\n\\r\\t \\u0001 \\u001f \\u007f end\"",
+		"\"utf-8 \\u00e9 \xc3\xa9 \xf0\x9f\x98\x80 \\ud83d\\ude00\"",
+		"\"\\\"\"",
+		"\"\\u001b[0m\"",
+	};
+	char *dir = tmp_db_dir(), err[200], conv[65];
+	struct store_txn *t;
+	struct store_conv sc;
+	cJSON *r;
+	char *s;
+	struct chat_client c = {.conn = "alice", .username = "alice", .client_id = "alice", .protocol_version = 4};
+	struct chat_outbox out;
+	struct chat_rewrite rw = {0};
+	const char *create = "{\"op\":\"conv.create\",\"type\":\"group\",\"name\":\"t\",\"members\":[\"bob\"],\"req_id\":1}";
+
+	CHECK_EQ_INT(open_chat(dir, err, sizeof(err)), 0);
+	outbox__init(&out);
+	CHECK_EQ_INT(chat__handle_publish(chat, &c, "chat/req", create, strlen(create), &out, &rw), CHAT_CONSUMED);
+	r = out.head ? cJSON_ParseWithLength(out.head->payload, out.head->len) : NULL;
+	CHECK(r != NULL);
+	snprintf(conv, sizeof(conv), "%s", r ? cJSON_GetObjectItem(cJSON_GetObjectItem(r, "conv"), "conv")->valuestring : "");
+	cJSON_Delete(r);
+	outbox__clear(&out);
+
+	for(size_t i = 0; i < sizeof(bodies) / sizeof(bodies[0]); i++){
+		char cmid[16];
+		snprintf(cmid, sizeof(cmid), "c%zu", i);
+		s = send_body("alice", conv, cmid, bodies[i], i == 2 ? ",\"reply_to\":1" : "");
+		check_stamped(s, bodies[i]);
+		/* the duplicate re-delivers the stored bytes: the same */
+		{
+			char *again = send_body("alice", conv, cmid, "\"other\"", "");
+			CHECK_EQ_STR(again, s);
+			free(again);
+		}
+		free(s);
+	}
+	/* the field order and numbers of the contract */
+	s = send_body("bob", conv, "b-1", "\"x\"", ",\"reply_to\":3");
+	{
+		char want[256];
+		snprintf(want, sizeof(want), "{\"conv\":\"%s\",\"seq\":8,\"id\":\"%s:8\",\"ts\":1763900000123,\"from\":\"bob\","
+				"\"cmid\":\"b-1\",\"type\":\"text\",\"body\":\"x\",\"reply_to\":3}", conv, conv);
+		CHECK_EQ_STR(s, want);
+	}
+	free(s);
+	chat__close(chat);
+
+	/* a format 1 database (no format record, last_seq from the messages):
+	 * opens, and the next send takes the next seq */
+	set_format(dir, 0, true);
+	CHECK_EQ_INT(open_chat(dir, err, sizeof(err)), 0);
+	CHECK_EQ_INT(store__begin(chat->store, false, &t), STORE_OK);
+	CHECK_EQ_INT(store__conv_get(t, conv, &sc), STORE_OK);
+	CHECK_EQ_INT(sc.last_seq, 8);
+	store__abort(t);
+	s = send_body("bob", conv, "b-2", "\"y\"", "");
+	CHECK(s && strstr(s, "\"seq\":9,"));
+	free(s);
+	chat__close(chat);
+
+	/* a database from a newer format is refused with a sentence */
+	set_format(dir, 3, false);
+	CHECK_EQ_INT(open_chat(dir, err, sizeof(err)), -1);
+	CHECK(strstr(err, "format 3") != NULL);
+	set_format(dir, 2, false);
+	CHECK_EQ_INT(open_chat(dir, err, sizeof(err)), 0);
+	chat__close(chat);
+
+	rm_db_dir(dir);
+	CHECK_DONE();
+}
