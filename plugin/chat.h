@@ -118,6 +118,21 @@ size_t json__str_len(const char *s);
 char *json__put_str(char *dst, const char *s);
 char *json__put_u64(char *dst, uint64_t v);
 char *json__put_raw(char *dst, const char *s, size_t n);
+/* One member of a flat object read by json__flat_parse. */
+struct json_flat {
+	const char *name;
+	bool string;        /* a string (else a positive integer of at most 15 digits) */
+	bool present;
+	const char *str;    /* decoded, NUL-terminated, in the scratch buffer */
+	size_t len;
+	uint64_t num;
+};
+/* Reads payload as an object whose members are all among f (each at most
+ * once) with string values free of \u escapes and control bytes and plain
+ * integers; decoded strings go to scratch (len + 1 bytes). Returns false for
+ * anything else, valid JSON or not: the caller then takes the general path,
+ * which says what is wrong. The payload must be valid UTF-8 already. */
+bool json__flat_parse(const char *payload, size_t len, struct json_flat *f, size_t nf, char *scratch);
 
 /* ======================================================================
  * topic.c — the topic router

@@ -335,3 +335,98 @@ char *json__put_raw(char *dst, const char *s, size_t n)
 	memcpy(dst, s, n);
 	return dst + n;
 }
+
+/* ====================================================================== *
+ * Reading a flat object without a tree
+ * ====================================================================== */
+
+static const char *skip_ws(const char *p, const char *end)
+{
+	while(p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')) p++;
+	return p;
+}
+
+/* A string at p (just past its opening quote) decoded into *out; escapes
+ * other than \uXXXX only, no control bytes. Returns the byte after the
+ * closing quote, or NULL. */
+static const char *flat_string(const char *p, const char *end, char **out)
+{
+	char *o = *out;
+	while(p < end){
+		unsigned char c = (unsigned char)*p++;
+		if(c == '"'){
+			*o++ = '\0';
+			*out = o;
+			return p;
+		}
+		if(c < 0x20) return NULL;
+		if(c == '\\'){
+			if(p == end) return NULL;
+			switch(*p++){
+				case '"': c = '"'; break;
+				case '\\': c = '\\'; break;
+				case '/': c = '/'; break;
+				case 'b': c = '\b'; break;
+				case 'f': c = '\f'; break;
+				case 'n': c = '\n'; break;
+				case 'r': c = '\r'; break;
+				case 't': c = '\t'; break;
+				default: return NULL;   /* \u and anything else: the general path */
+			}
+		}
+		*o++ = (char)c;
+	}
+	return NULL;
+}
+
+bool json__flat_parse(const char *p, size_t len, struct json_flat *f, size_t nf, char *scratch)
+{
+	const char *end = p + len;
+	char *o = scratch;
+
+	for(size_t i = 0; i < nf; i++) f[i].present = false;
+	p = skip_ws(p, end);
+	if(p == end || *p++ != '{') return false;
+	p = skip_ws(p, end);
+	if(p < end && *p == '}'){
+		p++;
+	}else for(;;){
+		const char *name;
+		struct json_flat *it = NULL;
+
+		if(p == end || *p++ != '"') return false;
+		name = o;
+		if(!(p = flat_string(p, end, &o))) return false;
+		for(size_t i = 0; i < nf; i++){
+			if(!strcmp(f[i].name, name)) it = &f[i];
+		}
+		if(!it || it->present) return false;   /* unknown or repeated: the general path says which */
+		it->present = true;
+		p = skip_ws(p, end);
+		if(p == end || *p++ != ':') return false;
+		p = skip_ws(p, end);
+		if(p == end) return false;
+		if(*p == '"'){
+			if(!it->string) return false;
+			it->str = o;
+			if(!(p = flat_string(p + 1, end, &o))) return false;
+			it->len = (size_t)(o - it->str - 1);
+		}else{
+			/* 1..15 digits, no leading zero: exact as a double too */
+			const char *d = p;
+			if(it->string || *p < '1' || *p > '9') return false;
+			it->num = 0;
+			while(p < end && *p >= '0' && *p <= '9') it->num = it->num * 10 + (uint64_t)(*p++ - '0');
+			if(p - d > 15 || (p < end && (*p == '.' || *p == 'e' || *p == 'E'))) return false;
+		}
+		p = skip_ws(p, end);
+		if(p == end) return false;
+		if(*p == '}'){
+			p++;
+			break;
+		}
+		if(*p++ != ',') return false;
+		p = skip_ws(p, end);
+	}
+	return skip_ws(p, end) == end;
+}

@@ -84,6 +84,33 @@ static enum chat_err send__validate(struct chat *chat, const cJSON *root, struct
 	return json__opt_int(root, "reply_to", 1, INT64_MAX / 2, &r->reply_to, &r->has_reply_to, e);
 }
 
+/* Sends up to this size may take the fast path (its scratch is on the stack). */
+#define SEND_FAST_MAX 2048
+
+/* The common send — {"cmid","body"[,"type"][,"reply_to"]} with plain strings,
+ * all valid — read without a cJSON tree into r (strings in scratch, len + 1
+ * bytes). False for anything else: the general path then reads it again and
+ * words the refusal, so both paths accept exactly the same sends. */
+static bool send__fast(struct chat *chat, const void *payload, size_t len, struct send_req *r, char *scratch)
+{
+	struct json_flat f[] = {
+		{.name = "cmid", .string = true}, {.name = "type", .string = true},
+		{.name = "body", .string = true}, {.name = "reply_to", .string = false},
+	};
+
+	if(len > SEND_FAST_MAX || len > chat->cfg.max_payload || !json__valid_utf8(payload, len)) return false;
+	if(!json__flat_parse(payload, len, f, sizeof(f) / sizeof(f[0]), scratch)) return false;
+	if(!f[0].present || !json__valid_cmid(f[0].str, f[0].len)) return false;
+	if(f[1].present && strcmp(f[1].str, "text") != 0) return false;
+	if(!f[2].present || f[2].len == 0 || f[2].len > chat->cfg.max_body) return false;
+	if(f[3].present && (f[3].num < 1 || f[3].num > INT64_MAX / 2)) return false;
+	r->cmid = f[0].str;
+	r->body = f[2].str;
+	r->has_reply_to = f[3].present;
+	r->reply_to = (int64_t)f[3].num;
+	return true;
+}
+
 /* ====================================================================== *
  * Stamping
  * ====================================================================== */
@@ -243,9 +270,14 @@ enum chat_verdict message__send(struct chat *chat, const struct chat_client *cl,
 	cJSON *root = NULL;
 	char *stamped;
 	size_t stamped_len;
+	char scratch[SEND_FAST_MAX + 1];
 	uint64_t seq;
 	enum chat_verdict v = CHAT_REFUSED;
 
+	if(ref->id_valid && send__fast(chat, payload, len, &r, scratch)){
+		cmid = r.cmid;
+		goto validated;   /* past the general reading below */
+	}
 	if(json__parse_object(payload, len, chat->cfg.max_payload, &root, &e)) goto refused;
 	/* echo the cmid in a refusal whenever there is one to correlate with,
 	 * valid or not (bounded, and already known to be UTF-8) */
@@ -257,6 +289,7 @@ enum chat_verdict message__send(struct chat *chat, const struct chat_client *cl,
 	}
 	if(send__validate(chat, root, &r, &e)) goto refused;
 
+validated:
 	if(store__begin(chat->store, true, &txn) != STORE_OK){
 		chat__fail(&e, CHAT_E_STORE, "%s", store__last_error(chat->store));
 		goto store_failed;
