@@ -353,7 +353,14 @@ static const char *flat_string(const char *p, const char *end, char **out)
 {
 	char *o = *out;
 	while(p < end){
-		unsigned char c = (unsigned char)*p++;
+		const char *run = p;
+		unsigned char c;
+		/* a run of bytes that stand for themselves, copied at once */
+		while(p < end && esc_len[(unsigned char)*p] == 1) p++;
+		memcpy(o, run, (size_t)(p - run));
+		o += p - run;
+		if(p == end) break;
+		c = (unsigned char)*p++;
 		if(c == '"'){
 			*o++ = '\0';
 			*out = o;

@@ -70,6 +70,72 @@ static void set_format(const char *dir, uint64_t v, bool del)
 	mdb_env_close(env);
 }
 
+/* Whatever json__flat_parse accepts, cJSON reads alike: random payloads
+ * made of JSON fragments and of mutated valid sends, fixed seed. */
+static void flat_parse_agrees_with_cjson(void)
+{
+	static const char *const frags[] = {
+		"{", "}", "\"cmid\"", "\"body\"", "\"type\"", "\"reply_to\"", "\"x\"", ":", ",", " ", "\n",
+		"\"a\\\"b\"", "\"\\u00e9\"", "\"\\/\\n\"", "12", "0", "1.5", "-3", "1e3", "007", "true", "null",
+		"\"\t\"", "\"\xc3\xa9\"", "\"text\"", "\"", "\\", "[1]", "123456789012345678",
+	};
+	static const char *const valid = "{\"cmid\":\"c-1\",\"body\":\"hi \\\"you\\\"\",\"type\":\"text\",\"reply_to\":42}";
+	unsigned seed = 12345;
+	size_t accepted = 0;
+
+	for(int n = 0; n < 40000; n++){
+		char payload[512], scratch[513];
+		size_t len = 0;
+		struct json_flat f[] = {
+			{.name = "cmid", .string = true}, {.name = "type", .string = true},
+			{.name = "body", .string = true}, {.name = "reply_to", .string = false},
+		};
+		seed = seed * 1103515245u + 12345u;
+		if(n % 2){
+			len = strlen(valid);
+			memcpy(payload, valid, len);
+			for(int k = 0; k < 1 + (int)(seed >> 28) % 3; k++){
+				size_t at;
+				seed = seed * 1103515245u + 12345u;
+				at = (seed >> 8) % len;
+				if(seed & 1){
+					memmove(payload + at, payload + at + 1, len - at - 1);
+					len--;
+				}else{
+					payload[at] = "{}\":,\\ a0u"[(seed >> 4) % 11];
+				}
+			}
+		}else{
+			int parts = 1 + (int)((seed >> 16) % 12);
+			for(int k = 0; k < parts; k++){
+				const char *fr;
+				seed = seed * 1103515245u + 12345u;
+				fr = frags[(seed >> 16) % (sizeof(frags) / sizeof(frags[0]))];
+				if(len + strlen(fr) >= sizeof(payload)) break;
+				memcpy(payload + len, fr, strlen(fr));
+				len += strlen(fr);
+			}
+		}
+		if(!json__valid_utf8((const unsigned char *)payload, len)) continue;
+		if(!json__flat_parse(payload, len, f, 4, scratch)) continue;
+		accepted++;
+		{
+			cJSON *root = cJSON_ParseWithLength(payload, len);
+			CHECK(cJSON_IsObject(root));
+			for(int i = 0; root && i < 4; i++){
+				const cJSON *it = cJSON_GetObjectItemCaseSensitive(root, f[i].name);
+				CHECK_EQ_INT(it != NULL, f[i].present);
+				if(!it || !f[i].present) continue;
+				if(f[i].string) CHECK(cJSON_IsString(it) && !strcmp(it->valuestring, f[i].str));
+				else CHECK(cJSON_IsNumber(it) && it->valuedouble == (double)f[i].num);
+			}
+			CHECK_EQ_INT(cJSON_GetArraySize(root), f[0].present + f[1].present + f[2].present + f[3].present);
+			cJSON_Delete(root);
+		}
+	}
+	CHECK(accepted > 1000);
+}
+
 static int open_chat(const char *dir, char *err, size_t errlen)
 {
 	struct chat_config cfg;
@@ -100,6 +166,7 @@ int main(void)
 	struct chat_rewrite rw = {0};
 	const char *create = "{\"op\":\"conv.create\",\"type\":\"group\",\"name\":\"t\",\"members\":[\"bob\"],\"req_id\":1}";
 
+	flat_parse_agrees_with_cjson();
 	CHECK_EQ_INT(open_chat(dir, err, sizeof(err)), 0);
 	outbox__init(&out);
 	CHECK_EQ_INT(chat__handle_publish(chat, &c, "chat/req", create, strlen(create), &out, &rw), CHAT_CONSUMED);
