@@ -223,7 +223,7 @@ int store__open(struct store **out, const char *path, size_t map_size, bool sync
 	if((rc = mdb_env_set_mapsize(s->env, map_size)) != 0) goto fail;
 	/* NOTLS: the reusable read txn is not tied to a thread slot. NOSYNC
 	 * unless every commit must reach the disk before the ack. */
-	rc = mdb_env_open(s->env, path, MDB_NOTLS | MDB_WRITEMAP | (sync_each ? 0 : MDB_NOSYNC), 0640);
+	rc = mdb_env_open(s->env, path, MDB_NOTLS | (sync_each ? 0 : MDB_NOSYNC | MDB_WRITEMAP), 0640);
 	if(rc) goto fail;
 
 	if((rc = mdb_txn_begin(s->env, NULL, 0, &txn)) != 0) goto fail;
