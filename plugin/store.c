@@ -1,7 +1,7 @@
 /*
  * store.c — the LMDB store (the only file that includes lmdb.h).
  *
- * One environment, fifteen named databases opened once at start. The broker is
+ * One environment, fourteen named databases opened once at start. The broker is
  * single-threaded, so there is at most one write transaction at a time; read
  * transactions reuse one handle (mdb_txn_reset / mdb_txn_renew) so an ACL
  * check costs no allocation, and are reset as soon as the caller is done so a
@@ -31,7 +31,6 @@
 
 enum {
 	DBI_CONVS,
-	DBI_SEQS,
 	DBI_MEMBERS,
 	DBI_UMEMBERS,
 	DBI_MSGS,
@@ -49,7 +48,7 @@ enum {
 };
 
 static const char *const dbi_names[DBI_COUNT] = {
-	"convs", "seqs", "members", "umembers", "msgs", "cmids", "directs", "cursors", "presence",
+	"convs", "members", "umembers", "msgs", "cmids", "directs", "cursors", "presence",
 	"pushdevs", "tokens", "prefs", "pushq", "pushpend", "meta",
 };
 
@@ -78,10 +77,14 @@ struct store {
 };
 
 /* The on-disk format, in meta under FORMAT_KEY. 1 (no record): last_seq kept
- * in "seqs". 2: "seqs" is no longer written; a conversation's last_seq is the
- * key of its last message. A database of a newer format is refused. */
+ * in a "seqs" database. 2: a conversation's last_seq is the key of its last
+ * message; "seqs" is gone, and a plain key of that name in LMDB's main
+ * database makes a format 1 build fail to start (its mdb_dbi_open("seqs")
+ * gets MDB_INCOMPATIBLE) instead of reading no last_seq and reusing seqs. A
+ * database of a newer format than FORMAT_VERSION is refused. */
 #define FORMAT_KEY "format"
 #define FORMAT_VERSION 2
+#define FORMAT1_SEQS "seqs"
 
 /* LMDB keys are at most 511 bytes; our largest, user \0 platform \0 token, is
  * 64+1+7+1+400. */
@@ -170,13 +173,16 @@ static void *flusher_main(void *arg)
 	return NULL;
 }
 
-/* Refuses a database written by a newer format; stamps an older or new one
- * with ours. Format 1 databases need no conversion: their "seqs" always equal
- * the last message's key (messages are never deleted). Returns 0, -1 with err
- * filled, or an LMDB error code. */
+/* Refuses a database written by a newer format; brings an older or new one to
+ * ours (format 1 needs no conversion: its "seqs" always equal the last
+ * message's key, messages are never deleted). Returns 0, -1 with err filled,
+ * or an LMDB error code. */
 static int format_check(struct store *s, MDB_txn *txn, const char *path, char *err, size_t errlen)
 {
+	static const char marker[] = "format 2: last_seq is the last msgs key (see meta/format)";
 	MDB_val k = {sizeof(FORMAT_KEY) - 1, FORMAT_KEY}, v;
+	MDB_val mk = {sizeof(FORMAT1_SEQS) - 1, FORMAT1_SEQS}, mv = {sizeof(marker) - 1, (void *)marker};
+	MDB_dbi seqs, main_dbi;
 	unsigned char buf[8];
 	uint64_t have = 1;
 	int rc = mdb_get(txn, s->dbi[DBI_META], &k, &v);
@@ -189,6 +195,12 @@ static int format_check(struct store *s, MDB_txn *txn, const char *path, char *e
 		return -1;
 	}
 	if(rc == 0 && have == FORMAT_VERSION) return 0;
+	/* format 1 or a new database: drop "seqs", leave the guard, stamp */
+	rc = mdb_dbi_open(txn, FORMAT1_SEQS, 0, &seqs);
+	if(rc == 0) rc = mdb_drop(txn, seqs, 1);
+	if(rc != 0 && rc != MDB_NOTFOUND && rc != MDB_INCOMPATIBLE) return rc;   /* INCOMPATIBLE: the guard is there */
+	if((rc = mdb_dbi_open(txn, NULL, 0, &main_dbi)) != 0) return rc;
+	if((rc = mdb_put(txn, main_dbi, &mk, &mv, 0)) != 0) return rc;
 	be64_put(buf, FORMAT_VERSION);
 	v.mv_size = 8;
 	v.mv_data = buf;
@@ -219,7 +231,7 @@ int store__open(struct store **out, const char *path, size_t map_size, bool sync
 	pthread_cond_init(&s->flush_wake, NULL);
 
 	if((rc = mdb_env_create(&s->env)) != 0) goto fail;
-	if((rc = mdb_env_set_maxdbs(s->env, DBI_COUNT)) != 0) goto fail;
+	if((rc = mdb_env_set_maxdbs(s->env, DBI_COUNT + 1)) != 0) goto fail;   /* + a format 1 "seqs" */
 	if((rc = mdb_env_set_mapsize(s->env, map_size)) != 0) goto fail;
 	/* NOTLS: the reusable read txn is not tied to a thread slot. NOSYNC
 	 * unless every commit must reach the disk before the ack. */

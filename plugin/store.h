@@ -9,10 +9,9 @@
  * and byte order is (id, id) order; seqs are 8-byte big-endian so byte order
  * is numeric order):
  *   convs     conv                      -> type(1) created_ms(8 BE) name(…)
- *   seqs      (format 1 only, no longer written: last_seq is the last msgs key of the conv)
  *   members   conv \0 user              -> role (1: 'a' admin, 'm' member)
  *   umembers  user \0 conv              -> (empty)   reverse index
- *   msgs      conv \0 seq(8 BE)         -> the stamped JSON, as delivered
+ *   msgs      conv \0 seq(8 BE)         -> the stamped JSON, as delivered; a conv's last_seq is its last key
  *   cmids     conv \0 from \0 cmid      -> seq (8 BE)
  *   directs   userA \0 userB (A < B)    -> conv
  *   cursors   conv \0 user              -> delivered (8 BE) read (8 BE)

@@ -51,21 +51,45 @@ static void check_stamped(const char *stamped, const char *body_json)
 	cJSON_Delete(b);
 }
 
-static void set_format(const char *dir, uint64_t v, bool del)
+static void be64(unsigned char *buf, uint64_t v)
+{
+	for(int i = 7; i >= 0; i--, v >>= 8) buf[i] = (unsigned char)(v & 0xff);
+}
+
+enum fmt_action { FMT_SET, FMT_MAKE_V1, FMT_CHECK_GUARD };
+
+/* Acts on the database in dir with LMDB directly: sets the format record to v;
+ * or turns it back into a format 1 database (no format record, a "seqs"
+ * database holding conv -> v); or checks that a format 1 build (which opens
+ * "seqs" with MDB_CREATE) would fail to start. */
+static void fmt(const char *dir, enum fmt_action a, const char *conv, uint64_t v)
 {
 	MDB_env *env;
 	MDB_txn *txn;
-	MDB_dbi dbi;
+	MDB_dbi meta, main_dbi, seqs;
 	unsigned char buf[8];
-	MDB_val k = {6, "format"}, val = {8, buf};
-	for(int i = 7; i >= 0; i--, v >>= 8) buf[i] = (unsigned char)(v & 0xff);
+	MDB_val k = {6, "format"}, val = {8, buf}, sk = {4, "seqs"}, ck = {strlen(conv), (void *)conv};
+	be64(buf, v);
 	CHECK_EQ_INT(mdb_env_create(&env), 0);
 	mdb_env_set_maxdbs(env, 32);
 	CHECK_EQ_INT(mdb_env_open(env, dir, 0, 0640), 0);
 	CHECK_EQ_INT(mdb_txn_begin(env, NULL, 0, &txn), 0);
-	CHECK_EQ_INT(mdb_dbi_open(txn, "meta", 0, &dbi), 0);
-	if(del) CHECK_EQ_INT(mdb_del(txn, dbi, &k, NULL), 0);
-	else CHECK_EQ_INT(mdb_put(txn, dbi, &k, &val, 0), 0);
+	CHECK_EQ_INT(mdb_dbi_open(txn, "meta", 0, &meta), 0);
+	switch(a){
+		case FMT_SET:
+			CHECK_EQ_INT(mdb_put(txn, meta, &k, &val, 0), 0);
+			break;
+		case FMT_MAKE_V1:
+			CHECK_EQ_INT(mdb_del(txn, meta, &k, NULL), 0);
+			CHECK_EQ_INT(mdb_dbi_open(txn, NULL, 0, &main_dbi), 0);
+			CHECK_EQ_INT(mdb_del(txn, main_dbi, &sk, NULL), 0);
+			CHECK_EQ_INT(mdb_dbi_open(txn, "seqs", MDB_CREATE, &seqs), 0);
+			CHECK_EQ_INT(mdb_put(txn, seqs, &ck, &val, 0), 0);
+			break;
+		case FMT_CHECK_GUARD:
+			CHECK_EQ_INT(mdb_dbi_open(txn, "seqs", MDB_CREATE, &seqs), MDB_INCOMPATIBLE);
+			break;
+	}
 	CHECK_EQ_INT(mdb_txn_commit(txn), 0);
 	mdb_env_close(env);
 }
@@ -210,9 +234,12 @@ int main(void)
 	free(s);
 	chat__close(chat);
 
-	/* a format 1 database (no format record, last_seq from the messages):
-	 * opens, and the next send takes the next seq */
-	set_format(dir, 0, true);
+	/* a format 2 database keeps a format 1 build out */
+	fmt(dir, FMT_CHECK_GUARD, conv, 0);
+
+	/* a format 1 database (its "seqs" agree with the messages) opens, is
+	 * converted, and the next send takes the next seq */
+	fmt(dir, FMT_MAKE_V1, conv, 10);
 	CHECK_EQ_INT(open_chat(dir, err, sizeof(err)), 0);
 	CHECK_EQ_INT(store__begin(chat->store, false, &t), STORE_OK);
 	CHECK_EQ_INT(store__conv_get(t, conv, &sc), STORE_OK);
@@ -222,12 +249,13 @@ int main(void)
 	CHECK(s && strstr(s, "\"seq\":11,"));
 	free(s);
 	chat__close(chat);
+	fmt(dir, FMT_CHECK_GUARD, conv, 0);
 
 	/* a database from a newer format is refused with a sentence */
-	set_format(dir, 3, false);
+	fmt(dir, FMT_SET, conv, 3);
 	CHECK_EQ_INT(open_chat(dir, err, sizeof(err)), -1);
 	CHECK(strstr(err, "format 3") != NULL);
-	set_format(dir, 2, false);
+	fmt(dir, FMT_SET, conv, 2);
 	CHECK_EQ_INT(open_chat(dir, err, sizeof(err)), 0);
 	chat__close(chat);
 
