@@ -1,7 +1,7 @@
 /*
  * store.c — the LMDB store (the only file that includes lmdb.h).
  *
- * One environment, fourteen named databases opened once at start. The broker is
+ * One environment, thirteen named databases opened once at start. The broker is
  * single-threaded, so there is at most one write transaction at a time; read
  * transactions reuse one handle (mdb_txn_reset / mdb_txn_renew) so an ACL
  * check costs no allocation, and are reset as soon as the caller is done so a
@@ -36,7 +36,6 @@ enum {
 	DBI_MSGS,
 	DBI_CMIDS,
 	DBI_DIRECTS,
-	DBI_CURSORS,
 	DBI_PRESENCE,
 	DBI_PUSHDEVS,
 	DBI_TOKENS,
@@ -48,7 +47,7 @@ enum {
 };
 
 static const char *const dbi_names[DBI_COUNT] = {
-	"convs", "members", "umembers", "msgs", "cmids", "directs", "cursors", "presence",
+	"convs", "members", "umembers", "msgs", "cmids", "directs", "presence",
 	"pushdevs", "tokens", "prefs", "pushq", "pushpend", "meta",
 };
 
@@ -76,15 +75,20 @@ struct store {
 	char last_error[160];
 };
 
-/* The on-disk format, in meta under FORMAT_KEY. 1 (no record): last_seq kept
- * in a "seqs" database. 2: a conversation's last_seq is the key of its last
- * message; "seqs" is gone, and a plain key of that name in LMDB's main
- * database makes a format 1 build fail to start (its mdb_dbi_open("seqs")
- * gets MDB_INCOMPATIBLE) instead of reading no last_seq and reusing seqs. A
- * database of a newer format than FORMAT_VERSION is refused. */
+/* The on-disk format, in meta under FORMAT_KEY.
+ *   1 (no record): last_seq in a "seqs" database, receipt cursors in "cursors".
+ *   3: a conversation's last_seq is the key of its last message, and cursors
+ *      (conv \0 user) live in "cmids" beside that user's cmids (conv \0 user
+ *      \0 cmid): a send writes two B-trees fewer. A plain "seqs" key in LMDB's
+ *      main database makes a format 1 build fail to start (its
+ *      mdb_dbi_open("seqs") gets MDB_INCOMPATIBLE) instead of reading no
+ *      last_seq and reusing seqs.
+ * (2, never released, had cursors still apart.) A database of a newer format
+ * than FORMAT_VERSION is refused. */
 #define FORMAT_KEY "format"
-#define FORMAT_VERSION 2
+#define FORMAT_VERSION 3
 #define FORMAT1_SEQS "seqs"
+#define FORMAT1_CURSORS "cursors"
 
 /* LMDB keys are at most 511 bytes; our largest, user \0 platform \0 token, is
  * 64+1+7+1+400. */
@@ -173,13 +177,33 @@ static void *flusher_main(void *arg)
 	return NULL;
 }
 
+/* Moves every record of the format 1 "cursors" database into cmids and drops
+ * it. */
+static int format_move_cursors(struct store *s, MDB_txn *txn)
+{
+	MDB_dbi cursors;
+	MDB_cursor *cur;
+	MDB_val k, v;
+	int rc = mdb_dbi_open(txn, FORMAT1_CURSORS, 0, &cursors);
+
+	if(rc == MDB_NOTFOUND) return 0;
+	if(rc) return rc;
+	if((rc = mdb_cursor_open(txn, cursors, &cur)) != 0) return rc;
+	for(rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)){
+		if((rc = mdb_put(txn, s->dbi[DBI_CMIDS], &k, &v, 0)) != 0) break;
+	}
+	mdb_cursor_close(cur);
+	if(rc != MDB_NOTFOUND) return rc;
+	return mdb_drop(txn, cursors, 1);
+}
+
 /* Refuses a database written by a newer format; brings an older or new one to
- * ours (format 1 needs no conversion: its "seqs" always equal the last
- * message's key, messages are never deleted). Returns 0, -1 with err filled,
- * or an LMDB error code. */
+ * ours: format 1's "seqs" always equal the last message's key (messages are
+ * never deleted), so they are dropped; its cursors move into cmids. Returns 0,
+ * -1 with err filled, or an LMDB error code. */
 static int format_check(struct store *s, MDB_txn *txn, const char *path, char *err, size_t errlen)
 {
-	static const char marker[] = "format 2: last_seq is the last msgs key (see meta/format)";
+	static const char marker[] = "format 3: last_seq is the last msgs key (see meta/format)";
 	MDB_val k = {sizeof(FORMAT_KEY) - 1, FORMAT_KEY}, v;
 	MDB_val mk = {sizeof(FORMAT1_SEQS) - 1, FORMAT1_SEQS}, mv = {sizeof(marker) - 1, (void *)marker};
 	MDB_dbi seqs, main_dbi;
@@ -195,12 +219,14 @@ static int format_check(struct store *s, MDB_txn *txn, const char *path, char *e
 		return -1;
 	}
 	if(rc == 0 && have == FORMAT_VERSION) return 0;
-	/* format 1 or a new database: drop "seqs", leave the guard, stamp */
+	/* format 1 or 2, or a new database: drop "seqs", leave the guard, move the
+	 * cursors, stamp */
 	rc = mdb_dbi_open(txn, FORMAT1_SEQS, 0, &seqs);
 	if(rc == 0) rc = mdb_drop(txn, seqs, 1);
 	if(rc != 0 && rc != MDB_NOTFOUND && rc != MDB_INCOMPATIBLE) return rc;   /* INCOMPATIBLE: the guard is there */
 	if((rc = mdb_dbi_open(txn, NULL, 0, &main_dbi)) != 0) return rc;
 	if((rc = mdb_put(txn, main_dbi, &mk, &mv, 0)) != 0) return rc;
+	if((rc = format_move_cursors(s, txn)) != 0) return rc;
 	be64_put(buf, FORMAT_VERSION);
 	v.mv_size = 8;
 	v.mv_data = buf;
@@ -231,7 +257,7 @@ int store__open(struct store **out, const char *path, size_t map_size, bool sync
 	pthread_cond_init(&s->flush_wake, NULL);
 
 	if((rc = mdb_env_create(&s->env)) != 0) goto fail;
-	if((rc = mdb_env_set_maxdbs(s->env, DBI_COUNT + 1)) != 0) goto fail;   /* + a format 1 "seqs" */
+	if((rc = mdb_env_set_maxdbs(s->env, DBI_COUNT + 2)) != 0) goto fail;   /* + format 1's seqs, cursors */
 	if((rc = mdb_env_set_mapsize(s->env, map_size)) != 0) goto fail;
 	/* NOTLS: the reusable read txn is not tied to a thread slot. NOSYNC
 	 * unless every commit must reach the disk before the ack. */
@@ -755,7 +781,7 @@ int store__cursor_get(struct store_txn *t, const char *conv, const char *user, u
 
 	*delivered = *read = 0;
 	if(!kl) return STORE_OK;
-	rc = kv_get(t, DBI_CURSORS, k, kl, &v);
+	rc = kv_get(t, DBI_CMIDS, k, kl, &v);
 	if(rc == STORE_NOTFOUND) return STORE_OK;
 	if(rc) return rc;
 	if(v.mv_size != 16) return STORE_ERR;
@@ -771,7 +797,7 @@ int store__cursor_put(struct store_txn *t, const char *conv, const char *user, u
 	if(!kl) return STORE_ERR;
 	be64_put(v, delivered);
 	be64_put(v + 8, read);
-	return kv_put(t, DBI_CURSORS, k, kl, v, 16);
+	return kv_put(t, DBI_CMIDS, k, kl, v, 16);
 }
 
 /* ====================================================================== *

@@ -13,15 +13,16 @@
  *   umembers  user \0 conv              -> (empty)   reverse index
  *   msgs      conv \0 seq(8 BE)         -> the stamped JSON, as delivered; a conv's last_seq is its last key
  *   cmids     conv \0 from \0 cmid      -> seq (8 BE)
+ *             conv \0 user              -> delivered (8 BE) read (8 BE): receipt cursors, beside
+ *                                         the user's cmids so a send dirties one B-tree for both
  *   directs   userA \0 userB (A < B)    -> conv
- *   cursors   conv \0 user              -> delivered (8 BE) read (8 BE)
  *   presence  user                      -> state(1: '1' online, '0' offline) ts_ms (8 BE)
  *   pushdevs  user \0 platform \0 token  -> locale
  *   tokens    platform \0 token          -> user      (a token belongs to one user)
  *   prefs     conv \0 user              -> flags (1 byte: STORE_PREF_*)
  *   pushq     job id (8 BE)             -> due_ms (8 BE) sent_ms (8 BE) job JSON
  *   pushpend  user \0 conv              -> job id (8 BE) of the job still collecting messages
- *   meta      name                      -> counters (8 BE); "format" -> on-disk format (8 BE, now 2)
+ *   meta      name                      -> counters (8 BE); "format" -> on-disk format (8 BE, now 3)
  */
 #ifndef CHAT_STORE_H
 #define CHAT_STORE_H

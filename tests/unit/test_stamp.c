@@ -60,8 +60,9 @@ enum fmt_action { FMT_SET, FMT_MAKE_V1, FMT_CHECK_GUARD };
 
 /* Acts on the database in dir with LMDB directly: sets the format record to v;
  * or turns it back into a format 1 database (no format record, a "seqs"
- * database holding conv -> v); or checks that a format 1 build (which opens
- * "seqs" with MDB_CREATE) would fail to start. */
+ * database holding conv -> v, a "cursors" database); or checks that a format 1
+ * build (which opens "seqs" and "cursors" with MDB_CREATE) would fail to
+ * start. */
 static void fmt(const char *dir, enum fmt_action a, const char *conv, uint64_t v)
 {
 	MDB_env *env;
@@ -85,6 +86,22 @@ static void fmt(const char *dir, enum fmt_action a, const char *conv, uint64_t v
 			CHECK_EQ_INT(mdb_del(txn, main_dbi, &sk, NULL), 0);
 			CHECK_EQ_INT(mdb_dbi_open(txn, "seqs", MDB_CREATE, &seqs), 0);
 			CHECK_EQ_INT(mdb_put(txn, seqs, &ck, &val, 0), 0);
+			/* bob's receipt cursor (delivered 7, read 5) in format 1's own database,
+			 * taken out of cmids where format 3 keeps it */
+			{
+				unsigned char kb[128], cb[16];
+				size_t kl = strlen(conv);
+				MDB_dbi cursors, cmids;
+				MDB_val key = {kl + 4, kb}, cv = {16, cb};
+				memcpy(kb, conv, kl);
+				memcpy(kb + kl, "\0bob", 4);
+				be64(cb, 7);
+				be64(cb + 8, 5);
+				CHECK_EQ_INT(mdb_dbi_open(txn, "cmids", 0, &cmids), 0);
+				mdb_del(txn, cmids, &key, NULL);
+				CHECK_EQ_INT(mdb_dbi_open(txn, "cursors", MDB_CREATE, &cursors), 0);
+				CHECK_EQ_INT(mdb_put(txn, cursors, &key, &cv, 0), 0);
+			}
 			break;
 		case FMT_CHECK_GUARD:
 			CHECK_EQ_INT(mdb_dbi_open(txn, "seqs", MDB_CREATE, &seqs), MDB_INCOMPATIBLE);
@@ -244,6 +261,12 @@ int main(void)
 	CHECK_EQ_INT(store__begin(chat->store, false, &t), STORE_OK);
 	CHECK_EQ_INT(store__conv_get(t, conv, &sc), STORE_OK);
 	CHECK_EQ_INT(sc.last_seq, 10);
+	{
+		uint64_t delivered, read;
+		CHECK_EQ_INT(store__cursor_get(t, conv, "bob", &delivered, &read), STORE_OK);
+		CHECK_EQ_INT(delivered, 7);
+		CHECK_EQ_INT(read, 5);
+	}
 	store__abort(t);
 	s = send_body("bob", conv, "b-2", "\"y\"", "");
 	CHECK(s && strstr(s, "\"seq\":11,"));
@@ -252,10 +275,10 @@ int main(void)
 	fmt(dir, FMT_CHECK_GUARD, conv, 0);
 
 	/* a database from a newer format is refused with a sentence */
-	fmt(dir, FMT_SET, conv, 3);
+	fmt(dir, FMT_SET, conv, 4);
 	CHECK_EQ_INT(open_chat(dir, err, sizeof(err)), -1);
-	CHECK(strstr(err, "format 3") != NULL);
-	fmt(dir, FMT_SET, conv, 2);
+	CHECK(strstr(err, "format 4") != NULL);
+	fmt(dir, FMT_SET, conv, 3);
 	CHECK_EQ_INT(open_chat(dir, err, sizeof(err)), 0);
 	chat__close(chat);
 
