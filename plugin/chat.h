@@ -16,6 +16,7 @@
 #include <cjson/cJSON.h>
 
 #include "store.h"
+#include "jwt.h"
 
 #define CHAT_ID_MAX 64          /* user, conv and cmid ids: 1..64 chars */
 #define CHAT_NAME_MAX 128       /* group name, in bytes of UTF-8 */
@@ -55,6 +56,7 @@ struct chat_config {
 	unsigned push_retry_ms;        /* re-publish a job not acked within this */
 	bool push_preview;             /* message text in pushes at all */
 	unsigned push_max_devices;     /* push devices per user */
+	struct jwt_config jwt;         /* plugin_opt_auth and jwt_* (jwt.h) */
 };
 
 void config__defaults(struct chat_config *cfg);

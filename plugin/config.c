@@ -34,6 +34,7 @@ void config__defaults(struct chat_config *cfg)
 	cfg->push_retry_ms = 30000;
 	cfg->push_preview = true;
 	cfg->push_max_devices = 10;
+	jwt__config_defaults(&cfg->jwt);
 }
 
 void config__free(struct chat_config *cfg)
@@ -52,6 +53,7 @@ void config__free(struct chat_config *cfg)
 	cfg->observer_count = 0;
 	cfg->push_users = NULL;
 	cfg->push_user_count = 0;
+	jwt__config_free(&cfg->jwt);
 }
 
 bool config__is_observer(const struct chat_config *cfg, const char *user)
@@ -218,6 +220,11 @@ int config__set(struct chat_config *cfg, const char *key, const char *value, cha
 			return -1;
 		}
 		return 0;
+	}else if(!strcasecmp(key, "jwt_defer_users")){
+		cfg->jwt.set_without_mode = true;
+		return set_user_list(&cfg->jwt.defer_users, &cfg->jwt.defer_user_count, key, value, err, errlen);
+	}else if(!strcasecmp(key, "auth") || !strncasecmp(key, "jwt_", 4)){
+		return jwt__config_set(&cfg->jwt, key, value, err, errlen);
 	}
 	snprintf(err, errlen, "unknown option plugin_opt_%s", key);
 	return -1;

@@ -9,11 +9,14 @@
  * Callbacks: ACL_CHECK (every publish, subscribe and delivery), MESSAGE
  * (inbound chat publishes; runs before the broker sends the PUBACK, so a
  * commit here makes "acked means stored" true), DISCONNECT (a device is
- * gone: presence), TICK (typing expiry, presence grace, push outbox).
+ * gone: presence), TICK (typing expiry, presence grace, push outbox); with
+ * plugin_opt_auth jwt also BASIC_AUTH (every CONNECT: the password is a JWT)
+ * and RELOAD (SIGHUP: re-read the key files).
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <mosquitto_broker.h>
 #include <mosquitto_plugin.h>
@@ -29,6 +32,8 @@ struct plugin {
 	mosquitto_plugin_id_t *id;
 	struct chat *chat;
 	bool acl_registered, message_registered, tick_registered, disconnect_registered;
+	bool auth_registered, reload_registered;
+	struct jwt_keys *jwt_keys;      /* auth jwt: replaced whole on a good reload */
 };
 
 /* ====================================================================== *
@@ -190,6 +195,53 @@ static int tick_cb(int event, void *event_data, void *userdata)
 	return MOSQ_ERR_SUCCESS;
 }
 
+/* plugin_opt_auth jwt: the plugin decides every login. MOSQ_ERR_AUTH is the
+ * only refusal mosquitto 2.0.11 answers with a CONNACK (MQTT 5: 0x87 Not
+ * authorized, 3.1.1: 5); the log line names the reason, never the token. On a
+ * SIGHUP mosquitto runs this again for every connected client. */
+static int basic_auth_cb(int event, void *event_data, void *userdata)
+{
+	struct plugin *pl = userdata;
+	struct mosquitto_evt_basic_auth *ed = event_data;
+	const char *id = mosquitto_client_id(ed->client);
+	char why[256];
+
+	if(jwt__is_deferred(&pl->chat->cfg.jwt, ed->username)){
+		return MOSQ_ERR_PLUGIN_DEFER;   /* password_file or another plugin decides */
+	}
+	if(!ed->username){
+		snprintf(why, sizeof(why), "no username");
+	}else if(!ed->password){
+		snprintf(why, sizeof(why), "no password (a JWT is required)");
+	}else if(jwt__verify(pl->jwt_keys, &pl->chat->cfg.jwt, ed->password, strlen(ed->password), ed->username,
+				(int64_t)time(NULL), why, sizeof(why)) == JWT_OK){
+		return MOSQ_ERR_SUCCESS;
+	}
+	mosquitto_log_printf(MOSQ_LOG_NOTICE, LOG_PREFIX "login refused for user '%.64s' (client '%.64s'): %s",
+			ed->username ? ed->username : "", id ? id : "", why);
+	return MOSQ_ERR_AUTH;
+}
+
+/* SIGHUP: mosquitto passes no options (the ones from start stay), so re-read
+ * the key files they name. A bad file keeps the keys in use. Deferring lets
+ * later plugins' RELOAD callbacks run too. */
+static int reload_cb(int event, void *event_data, void *userdata)
+{
+	struct plugin *pl = userdata;
+	struct jwt_keys *keys = NULL;
+	char err[256], desc[128];
+
+	if(jwt__keys_load(&pl->chat->cfg.jwt, &keys, err, sizeof(err))){
+		mosquitto_log_printf(MOSQ_LOG_ERR, LOG_PREFIX "reload: %s; keeping the JWT keys in use", err);
+		return MOSQ_ERR_PLUGIN_DEFER;
+	}
+	jwt__keys_free(pl->jwt_keys);
+	pl->jwt_keys = keys;
+	jwt__keys_describe(keys, desc, sizeof(desc));
+	mosquitto_log_printf(MOSQ_LOG_NOTICE, LOG_PREFIX "reload: JWT keys re-read (%s)", desc);
+	return MOSQ_ERR_PLUGIN_DEFER;
+}
+
 /* ====================================================================== *
  * Entry points
  * ====================================================================== */
@@ -209,6 +261,9 @@ static void plugin_free(struct plugin *pl)
 	if(pl->disconnect_registered) mosquitto_callback_unregister(pl->id, MOSQ_EVT_DISCONNECT, disconnect_cb, NULL);
 	if(pl->message_registered) mosquitto_callback_unregister(pl->id, MOSQ_EVT_MESSAGE, message_cb, NULL);
 	if(pl->acl_registered) mosquitto_callback_unregister(pl->id, MOSQ_EVT_ACL_CHECK, acl_cb, NULL);
+	if(pl->auth_registered) mosquitto_callback_unregister(pl->id, MOSQ_EVT_BASIC_AUTH, basic_auth_cb, NULL);
+	if(pl->reload_registered) mosquitto_callback_unregister(pl->id, MOSQ_EVT_RELOAD, reload_cb, NULL);
+	jwt__keys_free(pl->jwt_keys);
 	chat__close(pl->chat);
 	mosquitto_free(pl);
 }
@@ -234,6 +289,11 @@ CHAT_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **
 		goto fail;
 	}
 	pl->id = identifier;
+	if(jwt__config_check(&cfg.jwt, err, sizeof(err))
+			|| (cfg.jwt.mode == CHAT_AUTH_JWT && jwt__keys_load(&cfg.jwt, &pl->jwt_keys, err, sizeof(err)))){
+		mosquitto_log_printf(MOSQ_LOG_ERR, LOG_PREFIX "%s", err);
+		goto fail;
+	}
 	if(chat__open(&pl->chat, &cfg, err, sizeof(err))){
 		mosquitto_log_printf(MOSQ_LOG_ERR, LOG_PREFIX "%s", err);
 		goto fail;
@@ -253,6 +313,23 @@ CHAT_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **
 	rc = mosquitto_callback_register(identifier, MOSQ_EVT_DISCONNECT, disconnect_cb, NULL, pl);
 	if(rc) goto fail_register;
 	pl->disconnect_registered = true;
+	/* only with auth jwt: registering BASIC_AUTH at all changes what
+	 * mosquitto does with anonymous logins */
+	if(pl->jwt_keys){
+		char desc[128];
+		rc = mosquitto_callback_register(identifier, MOSQ_EVT_BASIC_AUTH, basic_auth_cb, NULL, pl);
+		if(rc) goto fail_register;
+		pl->auth_registered = true;
+		rc = mosquitto_callback_register(identifier, MOSQ_EVT_RELOAD, reload_cb, NULL, pl);
+		if(rc) goto fail_register;
+		pl->reload_registered = true;
+		jwt__keys_describe(pl->jwt_keys, desc, sizeof(desc));
+		mosquitto_log_printf(MOSQ_LOG_NOTICE, LOG_PREFIX "auth jwt: %s, leeway %u s%s%s%s%s", desc,
+				pl->chat->cfg.jwt.leeway_s, pl->chat->cfg.jwt.issuer ? ", issuer " : "",
+				pl->chat->cfg.jwt.issuer ? pl->chat->cfg.jwt.issuer : "",
+				pl->chat->cfg.jwt.audience ? ", audience " : "",
+				pl->chat->cfg.jwt.audience ? pl->chat->cfg.jwt.audience : "");
+	}
 
 	/* republish stored presence; "online" left by a broker that died is
 	 * now "offline" (queued: the broker delivers it on its first loop) */

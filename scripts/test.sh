@@ -6,7 +6,8 @@
 #  4. runs the pytest suites (tests/integration: real mosquitto brokers that load
 #     the sanitized plugin, ASan runtime preloaded; tests/bridge: the sanitized push
 #     bridge against loopback FCM/APNs/webhook stand-ins); any ASan/UBSan/leak report
-#     fails the test that produced it.
+#     fails the test that produced it. tests/web: the web page in headless Chromium against a
+#     real broker that serves it (about 90 s).
 #  5. runs the benchmark's smoke run (plain mosquitto vs the plugin, tiny sizes).
 # CHAT_SANITIZE=valgrind runs the brokers under valgrind instead (slower);
 # CHAT_SANITIZE=none runs the plain build.
@@ -31,7 +32,7 @@ ctest --test-dir "$build" --output-on-failure
 echo "==> integration tests (sanitizer: $mode)"
 export CHAT_PLUGIN="$PWD/$build/plugin/mosquitto_chat.so"
 export CHAT_SANITIZE="$mode"
-python3 -m pytest tests/integration tests/bridge "$@"
+python3 -m pytest tests/integration tests/bridge tests/web "$@"
 
 # The benchmark's smoke run: the same harness at tiny sizes, figures printed,
 # no time assertions (bench/README.md). It needs the unsanitized build.

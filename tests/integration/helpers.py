@@ -343,6 +343,13 @@ class Broker:
         self.proc = None
         return rc, self.all_output()
 
+    def reload(self) -> None:
+        """SIGHUP: mosquitto re-reads its config file, plugins get MOSQ_EVT_RELOAD, and every
+        connected client's login is checked again."""
+        if self.proc is None or self.proc.poll() is not None:
+            raise BrokerError("broker not running")
+        self.proc.send_signal(signal.SIGHUP)
+
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
