@@ -103,7 +103,6 @@ static int seed_conv(struct store *s, uint64_t n, size_t batch, int body_len, bo
 			if(store__msg_put(txn, conv, seq, buf, (size_t)len)) fail("msg_put", s);
 			if(cmids && store__cmid_put(txn, conv, from, cmid, seq)) fail("cmid_put", s);
 		}
-		if(store__seq_put(txn, conv, seq - 1)) fail("seq_put", s);
 		if(store__commit(txn) != STORE_OK) fail("commit", s);
 		if(n >= 1000000 && ((seq - 1) % (batch * 10) < batch)){
 			fprintf(stderr, "chatseed: %s: %" PRIu64 " / %" PRIu64 " (%.0f msgs/s)\n", conv, seq - 1, n,

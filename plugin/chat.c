@@ -30,6 +30,8 @@ int chat__open(struct chat **out, struct chat_config *cfg, char *err, size_t err
 	chat->cfg = *cfg;          /* the chat owns the config's memory from now on */
 	memset(cfg, 0, sizeof(*cfg));
 	chat->now_ms = json__now_ms;
+	chat->payload_alloc = malloc;
+	chat->payload_free = free;
 	chat->push_resend_all = true;   /* every job still in the outbox goes out again */
 	chat->stats.started_ms = chat->now_ms();
 	if(store__open(&chat->store, chat->cfg.db_path, chat->cfg.map_size, chat->cfg.fsync == CHAT_FSYNC_ALWAYS,

@@ -132,6 +132,27 @@ enum chat_err json__req_id(const cJSON *obj, const char *name, const char **out,
 /* Prints obj unformatted; the result is malloc'ed (free with cJSON_free). */
 char *json__print(const cJSON *obj, size_t *len);
 uint64_t json__now_ms(void);
+/* Formatting JSON straight into a buffer (the hot path: no cJSON tree). */
+#define JSON_U64_MAX 20
+size_t json__str_len(const char *s);
+char *json__put_str(char *dst, const char *s);
+char *json__put_u64(char *dst, uint64_t v);
+char *json__put_raw(char *dst, const char *s, size_t n);
+/* One member of a flat object read by json__flat_parse. */
+struct json_flat {
+	const char *name;
+	bool string;        /* a string (else a positive integer of at most 15 digits) */
+	bool present;
+	const char *str;    /* decoded, NUL-terminated, in the scratch buffer */
+	size_t len;
+	uint64_t num;
+};
+/* Reads payload as an object whose members are all among f (each at most
+ * once) with string values free of \u escapes and control bytes and plain
+ * integers; decoded strings go to scratch (len + 1 bytes). Returns false for
+ * anything else, valid JSON or not: the caller then takes the general path,
+ * which says what is wrong. The payload must be valid UTF-8 already. */
+bool json__flat_parse(const char *payload, size_t len, struct json_flat *f, size_t nf, char *scratch);
 
 /* ======================================================================
  * topic.c — the topic router
@@ -179,7 +200,8 @@ enum outbox_target {
 struct outbox_pub {
 	struct outbox_pub *next;
 	char *topic;
-	char *payload;      /* malloc'ed, owned by the outbox */
+	char *payload;      /* owned by the outbox, freed with free_payload */
+	void (*free_payload)(void *);   /* free, or chat->payload_free (the adapter may hand it over) */
 	size_t len;
 	enum outbox_target target;
 	bool correlate;     /* attach the request's correlation data (MQTT 5) */
@@ -197,6 +219,9 @@ struct chat_outbox {
 void outbox__init(struct chat_outbox *ob);
 /* Takes ownership of payload (malloc'ed) in every case. Returns 0 or -1 (nomem). */
 int outbox__add(struct chat_outbox *ob, const char *topic, char *payload, size_t len, enum outbox_target target, bool correlate);
+/* Same, for a payload that free_payload frees (freed by it on failure too). */
+int outbox__add_owned(struct chat_outbox *ob, const char *topic, char *payload, size_t len,
+		void (*free_payload)(void *), enum outbox_target target, bool correlate);
 /* Prints obj and queues it; obj stays the caller's. */
 int outbox__add_json(struct chat_outbox *ob, const char *topic, const cJSON *obj, enum outbox_target target, bool correlate);
 /* Moves every entry of from to the end of ob, in order; from ends empty. */
@@ -240,6 +265,11 @@ struct chat {
 	struct chat_config cfg;
 	struct store *store;
 	uint64_t (*now_ms)(void);   /* server clock, replaceable by tests */
+	/* Allocator of hot-path outbox payloads (stamped messages): malloc/free
+	 * by default; the adapter sets the broker's own so it can hand a payload
+	 * to the broker without a copy. */
+	void *(*payload_alloc)(size_t);
+	void (*payload_free)(void *);
 	uint64_t stored_msgs;       /* counters, for logs and later stats */
 	uint64_t refusals;
 	struct device *devices;          /* presence.c: connected devices by connection */

@@ -94,6 +94,15 @@ bool json__valid_utf8(const unsigned char *s, size_t len)
 		unsigned char c = s[i];
 		size_t n;
 		uint32_t cp;
+		/* eight ASCII bytes, none of them NUL, at a time */
+		while(len - i >= 8){
+			uint64_t w;
+			memcpy(&w, s + i, 8);
+			if((w & 0x8080808080808080ULL) || ((w - 0x0101010101010101ULL) & ~w & 0x8080808080808080ULL)) break;
+			i += 8;
+		}
+		if(i == len) break;
+		c = s[i];
 		if(c == 0) return false;
 		if(c < 0x80){
 			i++;
@@ -130,8 +139,10 @@ bool json__valid_utf8(const unsigned char *s, size_t len)
  * run of backslashes is itself escaped, so only an even run counts. */
 static bool has_nul_escape(const char *s, size_t len)
 {
-	for(size_t i = 0; i + 6 <= len; i++){
-		if(s[i] == '\\' && !memcmp(s + i + 1, "u0000", 5)){
+	const char *b = s;
+	while(len >= 6 && (b = memchr(b, '\\', len - (size_t)(b - s) - 5)) != NULL){
+		size_t i = (size_t)(b++ - s);
+		if(!memcmp(s + i + 1, "u0000", 5)){
 			size_t run = 0;
 			while(run < i && s[i - 1 - run] == '\\') run++;
 			if(run % 2 == 0) return true;
@@ -245,4 +256,187 @@ char *json__print(const cJSON *obj, size_t *len)
 	char *s = cJSON_PrintUnformatted(obj);
 	if(s && len) *len = strlen(s);
 	return s;
+}
+
+/* ====================================================================== *
+ * Writing JSON without a tree
+ * ====================================================================== */
+
+/* How many bytes each byte takes in a JSON string the way cJSON prints it:
+ * " and \ and \b \f \n \r \t two, other controls six (\u00XX), the rest
+ * (UTF-8 included) one. */
+static const unsigned char esc_len[256] = {
+	6, 6, 6, 6, 6, 6, 6, 6, 2, 2, 2, 6, 2, 2, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6,
+	1, 1, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+	1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 1, 1, 1,
+	1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+	1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+	1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+	1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+	1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+};
+
+/* Bytes json__put_str writes for s, quotes included. */
+size_t json__str_len(const char *s)
+{
+	size_t n = 2;
+	for(const unsigned char *p = (const unsigned char *)s; *p; p++) n += esc_len[*p];
+	return n;
+}
+
+/* Writes s as a JSON string at dst (json__str_len(s) bytes, no NUL), the
+ * bytes cJSON would print; returns the end. */
+char *json__put_str(char *dst, const char *s)
+{
+	static const char hex[] = "0123456789abcdef";
+	const unsigned char *p = (const unsigned char *)s;
+
+	*dst++ = '"';
+	for(;;){
+		const unsigned char *run = p;
+		while(esc_len[*p] == 1) p++;
+		memcpy(dst, run, (size_t)(p - run));
+		dst += p - run;
+		if(!*p) break;
+		*dst++ = '\\';
+		switch(*p){
+			case '"': *dst++ = '"'; break;
+			case '\\': *dst++ = '\\'; break;
+			case '\b': *dst++ = 'b'; break;
+			case '\f': *dst++ = 'f'; break;
+			case '\n': *dst++ = 'n'; break;
+			case '\r': *dst++ = 'r'; break;
+			case '\t': *dst++ = 't'; break;
+			default:
+				memcpy(dst, "u00", 3);
+				dst[3] = hex[*p >> 4];
+				dst[4] = hex[*p & 0xf];
+				dst += 5;
+		}
+		p++;
+	}
+	*dst++ = '"';
+	return dst;
+}
+
+/* Writes v in decimal at dst (at most 20 bytes, no NUL); returns the end. */
+char *json__put_u64(char *dst, uint64_t v)
+{
+	char tmp[20];
+	size_t n = 0;
+	do{
+		tmp[n++] = (char)('0' + v % 10);
+		v /= 10;
+	}while(v);
+	while(n) *dst++ = tmp[--n];
+	return dst;
+}
+
+/* Writes the n bytes of s at dst; returns the end. */
+char *json__put_raw(char *dst, const char *s, size_t n)
+{
+	memcpy(dst, s, n);
+	return dst + n;
+}
+
+/* ====================================================================== *
+ * Reading a flat object without a tree
+ * ====================================================================== */
+
+static const char *skip_ws(const char *p, const char *end)
+{
+	while(p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')) p++;
+	return p;
+}
+
+/* A string at p (just past its opening quote) decoded into *out; escapes
+ * other than \uXXXX only, no control bytes. Returns the byte after the
+ * closing quote, or NULL. */
+static const char *flat_string(const char *p, const char *end, char **out)
+{
+	char *o = *out;
+	while(p < end){
+		const char *run = p;
+		unsigned char c;
+		/* a run of bytes that stand for themselves, copied at once */
+		while(p < end && esc_len[(unsigned char)*p] == 1) p++;
+		memcpy(o, run, (size_t)(p - run));
+		o += p - run;
+		if(p == end) break;
+		c = (unsigned char)*p++;
+		if(c == '"'){
+			*o++ = '\0';
+			*out = o;
+			return p;
+		}
+		if(c < 0x20) return NULL;
+		if(c == '\\'){
+			if(p == end) return NULL;
+			switch(*p++){
+				case '"': c = '"'; break;
+				case '\\': c = '\\'; break;
+				case '/': c = '/'; break;
+				case 'b': c = '\b'; break;
+				case 'f': c = '\f'; break;
+				case 'n': c = '\n'; break;
+				case 'r': c = '\r'; break;
+				case 't': c = '\t'; break;
+				default: return NULL;   /* \u and anything else: the general path */
+			}
+		}
+		*o++ = (char)c;
+	}
+	return NULL;
+}
+
+bool json__flat_parse(const char *p, size_t len, struct json_flat *f, size_t nf, char *scratch)
+{
+	const char *end = p + len;
+	char *o = scratch;
+
+	for(size_t i = 0; i < nf; i++) f[i].present = false;
+	p = skip_ws(p, end);
+	if(p == end || *p++ != '{') return false;
+	p = skip_ws(p, end);
+	if(p < end && *p == '}'){
+		p++;
+	}else for(;;){
+		const char *name;
+		struct json_flat *it = NULL;
+
+		if(p == end || *p++ != '"') return false;
+		name = o;
+		if(!(p = flat_string(p, end, &o))) return false;
+		for(size_t i = 0; i < nf; i++){
+			if(!strcmp(f[i].name, name)) it = &f[i];
+		}
+		if(!it || it->present) return false;   /* unknown or repeated: the general path says which */
+		it->present = true;
+		p = skip_ws(p, end);
+		if(p == end || *p++ != ':') return false;
+		p = skip_ws(p, end);
+		if(p == end) return false;
+		if(*p == '"'){
+			if(!it->string) return false;
+			it->str = o;
+			if(!(p = flat_string(p + 1, end, &o))) return false;
+			it->len = (size_t)(o - it->str - 1);
+		}else{
+			/* 1..15 digits, no leading zero: exact as a double too */
+			const char *d = p;
+			if(it->string || *p < '1' || *p > '9') return false;
+			it->num = 0;
+			while(p < end && *p >= '0' && *p <= '9') it->num = it->num * 10 + (uint64_t)(*p++ - '0');
+			if(p - d > 15 || (p < end && (*p == '.' || *p == 'e' || *p == 'E'))) return false;
+		}
+		p = skip_ws(p, end);
+		if(p == end) return false;
+		if(*p == '}'){
+			p++;
+			break;
+		}
+		if(*p++ != ',') return false;
+		p = skip_ws(p, end);
+	}
+	return skip_ws(p, end) == end;
 }

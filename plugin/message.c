@@ -86,6 +86,33 @@ static enum chat_err send__validate(struct chat *chat, const cJSON *root, struct
 	return json__opt_int(root, "reply_to", 1, INT64_MAX / 2, &r->reply_to, &r->has_reply_to, e);
 }
 
+/* Sends up to this size may take the fast path (its scratch is on the stack). */
+#define SEND_FAST_MAX 2048
+
+/* The common send — {"cmid","body"[,"type"][,"reply_to"]} with plain strings,
+ * all valid — read without a cJSON tree into r (strings in scratch, len + 1
+ * bytes). False for anything else: the general path then reads it again and
+ * words the refusal, so both paths accept exactly the same sends. */
+static bool send__fast(struct chat *chat, const void *payload, size_t len, struct send_req *r, char *scratch)
+{
+	struct json_flat f[] = {
+		{.name = "cmid", .string = true}, {.name = "type", .string = true},
+		{.name = "body", .string = true}, {.name = "reply_to", .string = false},
+	};
+
+	if(len > SEND_FAST_MAX || len > chat->cfg.max_payload || !json__valid_utf8(payload, len)) return false;
+	if(!json__flat_parse(payload, len, f, sizeof(f) / sizeof(f[0]), scratch)) return false;
+	if(!f[0].present || !json__valid_cmid(f[0].str, f[0].len)) return false;
+	if(f[1].present && strcmp(f[1].str, "text") != 0) return false;
+	if(!f[2].present || f[2].len == 0 || f[2].len > chat->cfg.max_body) return false;
+	if(f[3].present && (f[3].num < 1 || f[3].num > INT64_MAX / 2)) return false;
+	r->cmid = f[0].str;
+	r->body = f[2].str;
+	r->has_reply_to = f[3].present;
+	r->reply_to = (int64_t)f[3].num;
+	return true;
+}
+
 /* ====================================================================== *
  * Stamping
  * ====================================================================== */
@@ -108,28 +135,72 @@ static cJSON *stamp__begin(const char *conv, uint64_t seq, uint64_t ts, const ch
 	return m;
 }
 
-/* Stores msg as seq of conv (message, counter) and queues its delivery. */
+/* Stores the stamped bytes s (len) as seq of conv and queues their delivery;
+ * s is freed with free_s in every case (the outbox takes it on success). The
+ * conversation's last_seq is the key of its last message: nothing else to
+ * write. */
 static enum chat_err stamp__store(struct chat *chat, struct store_txn *txn, const char *conv, uint64_t seq,
-		const cJSON *msg, struct chat_outbox *out, struct chat_error *e)
+		char *s, size_t len, void (*free_s)(void *), struct chat_outbox *out, struct chat_error *e)
 {
 	char topic[CHAT_TOPIC_MAX];
-	size_t len;
-	char *s;
-	int rc;
 
-	if(!topic__build(topic, sizeof(topic), &chat->cfg, "c", conv, "m")) return chat__fail(e, CHAT_E_STORE, "topic");
-	s = json__print(msg, &len);
-	if(!s) return chat__fail(e, CHAT_E_NOMEM, "out of memory");
-	rc = store__msg_put(txn, conv, seq, s, len);
-	if(rc == STORE_OK) rc = store__seq_put(txn, conv, seq);
-	if(rc != STORE_OK){
-		free(s);
+	if(!topic__build(topic, sizeof(topic), &chat->cfg, "c", conv, "m")){
+		free_s(s);
+		return chat__fail(e, CHAT_E_STORE, "topic");
+	}
+	if(store__msg_put(txn, conv, seq, s, len) != STORE_OK){
+		free_s(s);
 		return chat__fail(e, CHAT_E_STORE, "%s", store__last_error(chat->store));
 	}
-	if(outbox__add(out, topic, s, len, OUTBOX_ALL, false)){
+	if(outbox__add_owned(out, topic, s, len, free_s, OUTBOX_ALL, false)){
 		return chat__fail(e, CHAT_E_NOMEM, "out of memory");
 	}
 	return CHAT_E_OK;
+}
+
+/* A stamped text message, formatted straight into one buffer from the
+ * validated send (no cJSON tree, no print: that was most of the hook's
+ * cost): {"conv","seq","id","ts","from","cmid","type":"text","body"[,"reply_to"]}
+ * — the bytes cJSON would print for it. Allocated with chat->payload_alloc
+ * so the adapter can hand it to the broker as it is. */
+static char *stamp__text(struct chat *chat, const char *conv, uint64_t seq, uint64_t ts, const char *from,
+		const struct send_req *r, size_t *len)
+{
+	static const char k_conv[] = "{\"conv\":", k_seq[] = ",\"seq\":", k_id[] = ",\"id\":\"", k_ts[] = ",\"ts\":",
+		k_from[] = ",\"from\":", k_cmid[] = ",\"cmid\":", k_body[] = ",\"type\":\"text\",\"body\":",
+		k_reply[] = ",\"reply_to\":";
+	size_t conv_len = strlen(conv);
+	size_t cap = sizeof(k_conv) + sizeof(k_seq) + sizeof(k_id) + sizeof(k_ts) + sizeof(k_from) + sizeof(k_cmid)
+		+ sizeof(k_body) + sizeof(k_reply) + 2 * conv_len + 2 + 4 * JSON_U64_MAX
+		+ json__str_len(conv) + json__str_len(from) + json__str_len(r->cmid) + json__str_len(r->body);
+	char *buf = chat->payload_alloc(cap), *p = buf;
+
+	if(!buf) return NULL;
+	p = json__put_raw(p, k_conv, sizeof(k_conv) - 1);
+	p = json__put_str(p, conv);
+	p = json__put_raw(p, k_seq, sizeof(k_seq) - 1);
+	p = json__put_u64(p, seq);
+	/* ids are [A-Za-z0-9_.@:-]: "conv:seq" needs no escaping */
+	p = json__put_raw(p, k_id, sizeof(k_id) - 1);
+	p = json__put_raw(p, conv, conv_len);
+	*p++ = ':';
+	p = json__put_u64(p, seq);
+	*p++ = '"';
+	p = json__put_raw(p, k_ts, sizeof(k_ts) - 1);
+	p = json__put_u64(p, ts);
+	p = json__put_raw(p, k_from, sizeof(k_from) - 1);
+	p = json__put_str(p, from);
+	p = json__put_raw(p, k_cmid, sizeof(k_cmid) - 1);
+	p = json__put_str(p, r->cmid);
+	p = json__put_raw(p, k_body, sizeof(k_body) - 1);
+	p = json__put_str(p, r->body);
+	if(r->has_reply_to){
+		p = json__put_raw(p, k_reply, sizeof(k_reply) - 1);
+		p = json__put_u64(p, (uint64_t)r->reply_to);
+	}
+	*p++ = '}';
+	*len = (size_t)(p - buf);
+	return buf;
 }
 
 enum chat_err message__append_system(struct chat *chat, struct store_txn *txn, const char *conv,
@@ -156,8 +227,13 @@ enum chat_err message__append_system(struct chat *chat, struct store_txn *txn, c
 			return chat__fail(e, CHAT_E_NOMEM, "out of memory");
 		}
 	}
-	rc = stamp__store(chat, txn, conv, sc.last_seq + 1, msg, out, e);
-	cJSON_Delete(msg);
+	{
+		size_t len;
+		char *s = json__print(msg, &len);
+		cJSON_Delete(msg);
+		if(!s) return chat__fail(e, CHAT_E_NOMEM, "out of memory");
+		rc = stamp__store(chat, txn, conv, sc.last_seq + 1, s, len, free, out, e);
+	}
 	return rc;
 }
 
@@ -193,12 +269,19 @@ enum chat_verdict message__send(struct chat *chat, const struct chat_client *cl,
 	struct store_txn *txn = NULL;
 	const char *cmid = NULL;
 	const cJSON *jc;
-	cJSON *root = NULL, *msg = NULL;
+	cJSON *root = NULL;
+	char *stamped;
+	size_t stamped_len;
+	char scratch[SEND_FAST_MAX + 1];
 	uint64_t seq;
 	enum chat_verdict v = CHAT_REFUSED;
 
 	if(ratelimit__take(chat, cl->username, CHAT_RATE_SEND, &e)){   /* before anything is read or stored */
 		return ratelimit__refuse_send(chat, cl, ref, payload, len, &e, out);
+	}
+	if(ref->id_valid && send__fast(chat, payload, len, &r, scratch)){
+		cmid = r.cmid;
+		goto validated;   /* past the general reading below */
 	}
 	if(json__parse_object(payload, len, chat->cfg.max_payload, &root, &e)) goto refused;
 	/* echo the cmid in a refusal whenever there is one to correlate with,
@@ -211,16 +294,27 @@ enum chat_verdict message__send(struct chat *chat, const struct chat_client *cl,
 	}
 	if(send__validate(chat, root, &r, &e)) goto refused;
 
+validated:
 	if(store__begin(chat->store, true, &txn) != STORE_OK){
 		chat__fail(&e, CHAT_E_STORE, "%s", store__last_error(chat->store));
 		goto store_failed;
 	}
 	if(conv__require_member(txn, ref->id, cl->username, &sc, NULL, &e)) goto refused;
-	if(store__cmid_get(txn, ref->id, cl->username, r.cmid, &seq) == STORE_OK){
-		struct store_txn *t = txn;
-		txn = NULL;   /* send__duplicate ends it */
-		v = send__duplicate(chat, t, ref->id, seq, out);
-		goto done;
+	/* the duplicate check and the cmid record in one descent: a claim is
+	 * undone with the transaction if the send is refused below */
+	seq = sc.last_seq + 1;
+	switch(store__cmid_claim(txn, ref->id, cl->username, r.cmid, &seq)){
+		case STORE_OK:
+			break;
+		case STORE_EXISTS: {
+			struct store_txn *t = txn;
+			txn = NULL;   /* send__duplicate ends it */
+			v = send__duplicate(chat, t, ref->id, seq, out);
+			goto done;
+		}
+		default:
+			chat__fail(&e, CHAT_E_STORE, "%s", store__last_error(chat->store));
+			goto store_failed;
 	}
 	if(r.has_reply_to && (uint64_t)r.reply_to > sc.last_seq){
 		chat__fail(&e, CHAT_E_INVALID_FIELD, "'reply_to' %" PRId64 " is beyond the last message (%" PRIu64 ")",
@@ -228,17 +322,13 @@ enum chat_verdict message__send(struct chat *chat, const struct chat_client *cl,
 		goto refused;
 	}
 
-	seq = sc.last_seq + 1;
-	msg = stamp__begin(ref->id, seq, chat->now_ms(), cl->username);
-	if(!msg || !cJSON_AddStringToObject(msg, "cmid", r.cmid) || !cJSON_AddStringToObject(msg, "type", "text")
-			|| !cJSON_AddStringToObject(msg, "body", r.body)
-			|| (r.has_reply_to && !cJSON_AddNumberToObject(msg, "reply_to", (double)r.reply_to))){
+	stamped = stamp__text(chat, ref->id, seq, chat->now_ms(), cl->username, &r, &stamped_len);
+	if(!stamped){
 		chat__fail(&e, CHAT_E_NOMEM, "out of memory");
 		goto store_failed;
 	}
-	if(stamp__store(chat, txn, ref->id, seq, msg, out, &e)) goto store_failed;
-	if(store__cmid_put(txn, ref->id, cl->username, r.cmid, seq) != STORE_OK
-			|| receipt__on_send(txn, ref->id, cl->username, seq) != STORE_OK){
+	if(stamp__store(chat, txn, ref->id, seq, stamped, stamped_len, chat->payload_free, out, &e)) goto store_failed;
+	if(receipt__on_send(txn, ref->id, cl->username, seq) != STORE_OK){
 		chat__fail(&e, CHAT_E_STORE, "%s", store__last_error(chat->store));
 		goto store_failed;
 	}
@@ -261,7 +351,6 @@ refused:
 	v = message__refuse(chat, cl, ref, cmid, &e, out);
 done:
 	if(txn) store__abort(txn);
-	cJSON_Delete(msg);
 	cJSON_Delete(root);
 	return v;
 }

@@ -17,16 +17,21 @@ void outbox__init(struct chat_outbox *ob)
 	ob->count = 0;
 }
 
-int outbox__add(struct chat_outbox *ob, const char *topic, char *payload, size_t len,
-		enum outbox_target target, bool correlate)
+/* One allocation per entry: the topic lives right after the struct. */
+int outbox__add_owned(struct chat_outbox *ob, const char *topic, char *payload, size_t len,
+		void (*free_payload)(void *), enum outbox_target target, bool correlate)
 {
-	struct outbox_pub *p = calloc(1, sizeof(*p));
-	if(!p || !(p->topic = strdup(topic))){
-		free(p);
-		free(payload);
+	size_t tl = strlen(topic);
+	struct outbox_pub *p = malloc(sizeof(*p) + tl + 1);
+	if(!p){
+		free_payload(payload);
 		return -1;
 	}
+	memset(p, 0, sizeof(*p));
+	p->topic = (char *)(p + 1);
+	memcpy(p->topic, topic, tl + 1);
 	p->payload = payload;
+	p->free_payload = free_payload;
 	p->len = len;
 	p->target = target;
 	p->correlate = correlate;
@@ -36,6 +41,12 @@ int outbox__add(struct chat_outbox *ob, const char *topic, char *payload, size_t
 	ob->tail = &p->next;
 	ob->count++;
 	return 0;
+}
+
+int outbox__add(struct chat_outbox *ob, const char *topic, char *payload, size_t len,
+		enum outbox_target target, bool correlate)
+{
+	return outbox__add_owned(ob, topic, payload, len, free, target, correlate);
 }
 
 int outbox__add_json(struct chat_outbox *ob, const char *topic, const cJSON *obj,
@@ -62,8 +73,7 @@ void outbox__clear(struct chat_outbox *ob)
 	struct outbox_pub *p = ob->head, *next;
 	while(p){
 		next = p->next;
-		free(p->topic);
-		free(p->payload);
+		if(p->payload) p->free_payload(p->payload);
 		free(p);
 		p = next;
 	}

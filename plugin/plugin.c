@@ -60,19 +60,25 @@ static void log_map_full(struct plugin *pl)
  * ====================================================================== */
 
 /* Publishes every queued entry. The broker owns a payload only once
- * mosquitto_broker_publish succeeded. */
+ * mosquitto_broker_publish succeeded. A payload the core made with the
+ * broker's allocator (chat->payload_alloc) is handed over as it is; others
+ * are copied into the broker's memory. */
 static void flush_outbox(struct chat_outbox *ob, const char *client_id, const void *corr, uint16_t corr_len)
 {
 	for(struct outbox_pub *p = ob->head; p; p = p->next){
 		mosquitto_property *props = NULL;
-		void *buf = mosquitto_malloc(p->len ? p->len : 1);
+		void *buf;
 		int rc;
 
-		if(!buf){
+		if(p->free_payload == mosquitto_free && p->len > 0){
+			buf = p->payload;
+			p->payload = NULL;
+		}else if((buf = mosquitto_malloc(p->len ? p->len : 1)) != NULL){
+			memcpy(buf, p->payload, p->len);
+		}else{
 			mosquitto_log_printf(MOSQ_LOG_ERR, LOG_PREFIX "out of memory publishing to %s", p->topic);
 			continue;
 		}
-		memcpy(buf, p->payload, p->len);
 		if(p->correlate && corr
 				&& mosquitto_property_add_binary(&props, MQTT_PROP_CORRELATION_DATA, corr, corr_len) != MOSQ_ERR_SUCCESS){
 			props = NULL;
@@ -314,6 +320,8 @@ CHAT_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **
 		mosquitto_log_printf(MOSQ_LOG_ERR, LOG_PREFIX "%s", err);
 		goto fail;
 	}
+	pl->chat->payload_alloc = mosquitto_malloc;
+	pl->chat->payload_free = mosquitto_free;
 
 	rc = mosquitto_callback_register(identifier, MOSQ_EVT_ACL_CHECK, acl_cb, NULL, pl);
 	if(rc) goto fail_register;

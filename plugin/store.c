@@ -1,7 +1,7 @@
 /*
  * store.c — the LMDB store (the only file that includes lmdb.h).
  *
- * One environment, fifteen named databases opened once at start. The broker is
+ * One environment, thirteen named databases opened once at start. The broker is
  * single-threaded, so there is at most one write transaction at a time; read
  * transactions reuse one handle (mdb_txn_reset / mdb_txn_renew) so an ACL
  * check costs no allocation, and are reset as soon as the caller is done so a
@@ -31,13 +31,11 @@
 
 enum {
 	DBI_CONVS,
-	DBI_SEQS,
 	DBI_MEMBERS,
 	DBI_UMEMBERS,
 	DBI_MSGS,
 	DBI_CMIDS,
 	DBI_DIRECTS,
-	DBI_CURSORS,
 	DBI_PRESENCE,
 	DBI_PUSHDEVS,
 	DBI_TOKENS,
@@ -49,8 +47,14 @@ enum {
 };
 
 static const char *const dbi_names[DBI_COUNT] = {
-	"convs", "seqs", "members", "umembers", "msgs", "cmids", "directs", "cursors", "presence",
+	"convs", "members", "umembers", "msgs", "cmids", "directs", "presence",
 	"pushdevs", "tokens", "prefs", "pushq", "pushpend", "meta",
+};
+
+struct store_txn {
+	struct store *s;
+	MDB_txn *txn;
+	bool write;
 };
 
 struct store {
@@ -68,14 +72,25 @@ struct store {
 	bool flusher_stop;      /* under flush_lock */
 	bool full;              /* the last write failed with MDB_MAP_FULL */
 	uint64_t full_count;    /* writes that failed with MDB_MAP_FULL */
+	struct store_txn wtxn;  /* the one write transaction (the broker is single-threaded) */
+	bool wtxn_busy;
 	char last_error[160];
 };
 
-struct store_txn {
-	struct store *s;
-	MDB_txn *txn;
-	bool write;
-};
+/* The on-disk format, in meta under FORMAT_KEY.
+ *   1 (no record): last_seq in a "seqs" database, receipt cursors in "cursors".
+ *   3: a conversation's last_seq is the key of its last message, and cursors
+ *      (conv \0 user) live in "cmids" beside that user's cmids (conv \0 user
+ *      \0 cmid): a send writes two B-trees fewer. A plain "seqs" key in LMDB's
+ *      main database makes a format 1 build fail to start (its
+ *      mdb_dbi_open("seqs") gets MDB_INCOMPATIBLE) instead of reading no
+ *      last_seq and reusing seqs.
+ * (2, never released, had cursors still apart.) A database of a newer format
+ * than FORMAT_VERSION is refused. */
+#define FORMAT_KEY "format"
+#define FORMAT_VERSION 3
+#define FORMAT1_SEQS "seqs"
+#define FORMAT1_CURSORS "cursors"
 
 /* LMDB keys are at most 511 bytes; our largest, user \0 platform \0 token, is
  * 64+1+7+1+400. */
@@ -166,6 +181,62 @@ static void *flusher_main(void *arg)
 	return NULL;
 }
 
+/* Moves every record of the format 1 "cursors" database into cmids and drops
+ * it. */
+static int format_move_cursors(struct store *s, MDB_txn *txn)
+{
+	MDB_dbi cursors;
+	MDB_cursor *cur;
+	MDB_val k, v;
+	int rc = mdb_dbi_open(txn, FORMAT1_CURSORS, 0, &cursors);
+
+	if(rc == MDB_NOTFOUND) return 0;
+	if(rc) return rc;
+	if((rc = mdb_cursor_open(txn, cursors, &cur)) != 0) return rc;
+	for(rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)){
+		if((rc = mdb_put(txn, s->dbi[DBI_CMIDS], &k, &v, 0)) != 0) break;
+	}
+	mdb_cursor_close(cur);
+	if(rc != MDB_NOTFOUND) return rc;
+	return mdb_drop(txn, cursors, 1);
+}
+
+/* Refuses a database written by a newer format; brings an older or new one to
+ * ours: format 1's "seqs" always equal the last message's key (messages are
+ * never deleted), so they are dropped; its cursors move into cmids. Returns 0,
+ * -1 with err filled, or an LMDB error code. */
+static int format_check(struct store *s, MDB_txn *txn, const char *path, char *err, size_t errlen)
+{
+	static const char marker[] = "format 3: last_seq is the last msgs key (see meta/format)";
+	MDB_val k = {sizeof(FORMAT_KEY) - 1, FORMAT_KEY}, v;
+	MDB_val mk = {sizeof(FORMAT1_SEQS) - 1, FORMAT1_SEQS}, mv = {sizeof(marker) - 1, (void *)marker};
+	MDB_dbi seqs, main_dbi;
+	unsigned char buf[8];
+	uint64_t have = 1;
+	int rc = mdb_get(txn, s->dbi[DBI_META], &k, &v);
+
+	if(rc == 0 && v.mv_size == 8) have = be64_get(v.mv_data);
+	else if(rc != MDB_NOTFOUND && rc != 0) return rc;
+	if(have > FORMAT_VERSION){
+		snprintf(err, errlen, "database %s has format %llu, this build reads up to %d: use a newer build",
+				path, (unsigned long long)have, FORMAT_VERSION);
+		return -1;
+	}
+	if(rc == 0 && have == FORMAT_VERSION) return 0;
+	/* format 1 or 2, or a new database: drop "seqs", leave the guard, move the
+	 * cursors, stamp */
+	rc = mdb_dbi_open(txn, FORMAT1_SEQS, 0, &seqs);
+	if(rc == 0) rc = mdb_drop(txn, seqs, 1);
+	if(rc != 0 && rc != MDB_NOTFOUND && rc != MDB_INCOMPATIBLE) return rc;   /* INCOMPATIBLE: the guard is there */
+	if((rc = mdb_dbi_open(txn, NULL, 0, &main_dbi)) != 0) return rc;
+	if((rc = mdb_put(txn, main_dbi, &mk, &mv, 0)) != 0) return rc;
+	if((rc = format_move_cursors(s, txn)) != 0) return rc;
+	be64_put(buf, FORMAT_VERSION);
+	v.mv_size = 8;
+	v.mv_data = buf;
+	return mdb_put(txn, s->dbi[DBI_META], &k, &v, 0);
+}
+
 int store__open(struct store **out, const char *path, size_t map_size, bool sync_each, unsigned flush_ms,
 		char *err, size_t errlen)
 {
@@ -190,7 +261,7 @@ int store__open(struct store **out, const char *path, size_t map_size, bool sync
 	pthread_cond_init(&s->flush_wake, NULL);
 
 	if((rc = mdb_env_create(&s->env)) != 0) goto fail;
-	if((rc = mdb_env_set_maxdbs(s->env, DBI_COUNT)) != 0) goto fail;
+	if((rc = mdb_env_set_maxdbs(s->env, DBI_COUNT + 2)) != 0) goto fail;   /* + format 1's seqs, cursors */
 	if((rc = mdb_env_set_mapsize(s->env, map_size)) != 0) goto fail;
 	/* NOTLS: the reusable read txn is not tied to a thread slot. NOSYNC
 	 * unless every commit must reach the disk before the ack. */
@@ -200,6 +271,12 @@ int store__open(struct store **out, const char *path, size_t map_size, bool sync
 	if((rc = mdb_txn_begin(s->env, NULL, 0, &txn)) != 0) goto fail;
 	for(int i = 0; i < DBI_COUNT; i++){
 		if((rc = mdb_dbi_open(txn, dbi_names[i], MDB_CREATE, &s->dbi[i])) != 0) goto fail;
+	}
+	if((rc = format_check(s, txn, path, err, errlen)) != 0){
+		mdb_txn_abort(txn);
+		mdb_env_close(s->env);
+		free(s);
+		return STORE_ERR;
 	}
 	rc = mdb_txn_commit(txn);
 	txn = NULL;
@@ -285,8 +362,12 @@ int store__begin(struct store *s, bool write, struct store_txn **out)
 	int rc;
 
 	*out = NULL;
-	t = malloc(sizeof(*t));
-	if(!t) return STORE_ERR;
+	if(write && !s->wtxn_busy){
+		t = &s->wtxn;
+	}else{
+		t = malloc(sizeof(*t));
+		if(!t) return STORE_ERR;
+	}
 	t->s = s;
 	t->write = write;
 	if(write){
@@ -303,12 +384,19 @@ int store__begin(struct store *s, bool write, struct store_txn **out)
 		rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &t->txn);
 	}
 	if(rc){
-		free(t);
+		if(t != &s->wtxn) free(t);
 		return map_rc(s, rc, "begin");
 	}
+	if(t == &s->wtxn) s->wtxn_busy = true;
 	if(t->txn == s->rtxn) s->rtxn_live = true;
 	*out = t;
 	return STORE_OK;
+}
+
+static void txn_free(struct store_txn *t)
+{
+	if(t == &t->s->wtxn) t->s->wtxn_busy = false;
+	else free(t);
 }
 
 static void txn_release(struct store_txn *t)
@@ -320,7 +408,7 @@ static void txn_release(struct store_txn *t)
 	}else{
 		mdb_txn_abort(t->txn);
 	}
-	free(t);
+	txn_free(t);
 }
 
 int store__commit(struct store_txn *t)
@@ -333,7 +421,7 @@ int store__commit(struct store_txn *t)
 		return STORE_OK;
 	}
 	rc = mdb_txn_commit(t->txn);
-	free(t);
+	txn_free(t);
 	if(rc == 0 && !s->sync_each) atomic_store(&s->dirty, true);
 	return map_rc(s, rc, "commit");
 }
@@ -343,7 +431,7 @@ void store__abort(struct store_txn *t)
 	if(!t) return;
 	if(t->write){
 		mdb_txn_abort(t->txn);
-		free(t);
+		txn_free(t);
 	}else{
 		txn_release(t);
 	}
@@ -400,6 +488,33 @@ static int prefix_each(struct store_txn *t, int dbi, const unsigned char *prefix
  * Conversations
  * ====================================================================== */
 
+static size_t msg_key(unsigned char *k, const char *conv, uint64_t seq);
+
+/* The seq of conv's last message (0: none): the key just below
+ * (conv \0 FF…FF) in msgs. One seek on the pages a send dirties anyway, where
+ * a separate counter was one more B-tree written per message. */
+static int last_seq(struct store_txn *t, const char *conv, uint64_t *seq)
+{
+	unsigned char k[KEY_MAX];
+	size_t kl = msg_key(k, conv, UINT64_MAX), pl = kl - 8;
+	MDB_cursor *cur;
+	MDB_val key = {kl, k}, v;
+	int rc;
+
+	*seq = 0;
+	if(!kl) return STORE_OK;
+	rc = mdb_cursor_open(t->txn, t->s->dbi[DBI_MSGS], &cur);
+	if(rc) return map_rc(t->s, rc, "cursor");
+	rc = mdb_cursor_get(cur, &key, &v, MDB_SET_RANGE);
+	rc = mdb_cursor_get(cur, &key, &v, rc == MDB_NOTFOUND ? MDB_LAST : MDB_PREV);
+	if(rc == 0 && key.mv_size == kl && memcmp(key.mv_data, k, pl) == 0){
+		*seq = be64_get((const unsigned char *)key.mv_data + pl);
+	}
+	mdb_cursor_close(cur);
+	if(rc != 0 && rc != MDB_NOTFOUND) return map_rc(t->s, rc, "cursor");
+	return STORE_OK;
+}
+
 int store__conv_get(struct store_txn *t, const char *conv, struct store_conv *out)
 {
 	MDB_val v;
@@ -414,15 +529,7 @@ int store__conv_get(struct store_txn *t, const char *conv, struct store_conv *ou
 	out->created_ms = be64_get(p + 1);
 	memcpy(out->name, p + 9, nl);
 	out->name[nl] = '\0';
-	rc = kv_get(t, DBI_SEQS, conv, kl, &v);
-	if(rc == STORE_NOTFOUND){
-		out->last_seq = 0;
-	}else if(rc){
-		return rc;
-	}else{
-		out->last_seq = v.mv_size == 8 ? be64_get(v.mv_data) : 0;
-	}
-	return STORE_OK;
+	return last_seq(t, conv, &out->last_seq);
 }
 
 int store__conv_put(struct store_txn *t, const char *conv, const struct store_conv *c)
@@ -435,12 +542,6 @@ int store__conv_put(struct store_txn *t, const char *conv, const struct store_co
 	return kv_put(t, DBI_CONVS, conv, strlen(conv), buf, 9 + nl);
 }
 
-int store__seq_put(struct store_txn *t, const char *conv, uint64_t last_seq)
-{
-	unsigned char buf[8];
-	be64_put(buf, last_seq);
-	return kv_put(t, DBI_SEQS, conv, strlen(conv), buf, 8);
-}
 
 /* ====================================================================== *
  * Members
@@ -641,6 +742,25 @@ int store__cmid_put(struct store_txn *t, const char *conv, const char *from, con
 	return kv_put(t, DBI_CMIDS, k, kl, v, 8);
 }
 
+int store__cmid_claim(struct store_txn *t, const char *conv, const char *from, const char *cmid, uint64_t *seq)
+{
+	unsigned char k[KEY_MAX], v[8];
+	size_t kl = key_join(k, conv, from, cmid);
+	MDB_val key = {kl, k}, val = {8, v};
+	int rc;
+	if(!kl) return STORE_ERR;
+	be64_put(v, *seq);
+	/* one descent for the duplicate check and the insert: on MDB_KEYEXIST
+	 * LMDB hands back the stored value */
+	rc = mdb_put(t->txn, t->s->dbi[DBI_CMIDS], &key, &val, MDB_NOOVERWRITE);
+	if(rc == MDB_KEYEXIST){
+		if(val.mv_size != 8) return STORE_ERR;
+		*seq = be64_get(val.mv_data);
+		return STORE_EXISTS;
+	}
+	return map_rc(t->s, rc, dbi_names[DBI_CMIDS]);
+}
+
 static size_t pair_key(unsigned char *k, const char *a, const char *b)
 {
 	return strcmp(a, b) < 0 ? key_join(k, a, b, NULL) : key_join(k, b, a, NULL);
@@ -682,7 +802,7 @@ int store__cursor_get(struct store_txn *t, const char *conv, const char *user, u
 
 	*delivered = *read = 0;
 	if(!kl) return STORE_OK;
-	rc = kv_get(t, DBI_CURSORS, k, kl, &v);
+	rc = kv_get(t, DBI_CMIDS, k, kl, &v);
 	if(rc == STORE_NOTFOUND) return STORE_OK;
 	if(rc) return rc;
 	if(v.mv_size != 16) return STORE_ERR;
@@ -698,7 +818,7 @@ int store__cursor_put(struct store_txn *t, const char *conv, const char *user, u
 	if(!kl) return STORE_ERR;
 	be64_put(v, delivered);
 	be64_put(v + 8, read);
-	return kv_put(t, DBI_CURSORS, k, kl, v, 16);
+	return kv_put(t, DBI_CMIDS, k, kl, v, 16);
 }
 
 /* ====================================================================== *

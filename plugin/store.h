@@ -9,20 +9,20 @@
  * and byte order is (id, id) order; seqs are 8-byte big-endian so byte order
  * is numeric order):
  *   convs     conv                      -> type(1) created_ms(8 BE) name(…)
- *   seqs      conv                      -> last_seq (8 BE)
  *   members   conv \0 user              -> role (1: 'a' admin, 'm' member)
  *   umembers  user \0 conv              -> (empty)   reverse index
- *   msgs      conv \0 seq(8 BE)         -> the stamped JSON, as delivered
+ *   msgs      conv \0 seq(8 BE)         -> the stamped JSON, as delivered; a conv's last_seq is its last key
  *   cmids     conv \0 from \0 cmid      -> seq (8 BE)
+ *             conv \0 user              -> delivered (8 BE) read (8 BE): receipt cursors, beside
+ *                                         the user's cmids so a send dirties one B-tree for both
  *   directs   userA \0 userB (A < B)    -> conv
- *   cursors   conv \0 user              -> delivered (8 BE) read (8 BE)
  *   presence  user                      -> state(1: '1' online, '0' offline) ts_ms (8 BE)
  *   pushdevs  user \0 platform \0 token  -> locale
  *   tokens    platform \0 token          -> user      (a token belongs to one user)
  *   prefs     conv \0 user              -> flags (1 byte: STORE_PREF_*)
  *   pushq     job id (8 BE)             -> due_ms (8 BE) sent_ms (8 BE) job JSON
  *   pushpend  user \0 conv              -> job id (8 BE) of the job still collecting messages
- *   meta      name                      -> counters (8 BE)
+ *   meta      name                      -> counters (8 BE); "format" -> on-disk format (8 BE, now 3)
  */
 #ifndef CHAT_STORE_H
 #define CHAT_STORE_H
@@ -39,6 +39,7 @@ enum store_rc {
 	STORE_NOTFOUND = 1,
 	STORE_FULL = 2,      /* the map is full: raise plugin_opt_map_size */
 	STORE_ERR = 3,       /* any other failure; see store__last_error() */
+	STORE_EXISTS = 4,    /* store__cmid_claim: the key was there already */
 };
 
 struct store_conv {
@@ -73,7 +74,6 @@ void store__abort(struct store_txn *txn);
 
 int store__conv_get(struct store_txn *txn, const char *conv, struct store_conv *out);
 int store__conv_put(struct store_txn *txn, const char *conv, const struct store_conv *c);
-int store__seq_put(struct store_txn *txn, const char *conv, uint64_t last_seq);
 
 /* role: 'a' or 'm'. */
 int store__member_get(struct store_txn *txn, const char *conv, const char *user, char *role);
@@ -98,6 +98,9 @@ int store__msgs_range(struct store_txn *txn, const char *conv, uint64_t lo, uint
 
 int store__cmid_get(struct store_txn *txn, const char *conv, const char *from, const char *cmid, uint64_t *seq);
 int store__cmid_put(struct store_txn *txn, const char *conv, const char *from, const char *cmid, uint64_t seq);
+/* Records cmid -> *seq unless cmid was recorded before: then STORE_EXISTS and
+ * *seq receives the stored seq (nothing written). */
+int store__cmid_claim(struct store_txn *txn, const char *conv, const char *from, const char *cmid, uint64_t *seq);
 
 int store__direct_get(struct store_txn *txn, const char *a, const char *b, char conv[65]);
 int store__direct_put(struct store_txn *txn, const char *a, const char *b, const char *conv);

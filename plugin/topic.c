@@ -107,13 +107,17 @@ void topic__parse(const struct chat_config *cfg, const char *topic, struct topic
 
 char *topic__build(char *buf, size_t size, const struct chat_config *cfg, const char *a, const char *b, const char *c)
 {
-	int n;
-	if(c){
-		n = snprintf(buf, size, "%s/%s/%s/%s", cfg->prefix, a, b, c);
-	}else if(b){
-		n = snprintf(buf, size, "%s/%s/%s", cfg->prefix, a, b);
-	}else{
-		n = snprintf(buf, size, "%s/%s", cfg->prefix, a);
+	/* joined by hand: this runs for every stored message, and snprintf
+	 * cost more than the rest of the topic work together */
+	const char *parts[4] = {cfg->prefix, a, b, c};
+	size_t n = 0;
+	for(int i = 0; i < 4 && parts[i]; i++){
+		size_t l = i == 0 ? cfg->prefix_len : strlen(parts[i]);
+		if(n + (i > 0) + l >= size) return NULL;
+		if(i > 0) buf[n++] = '/';
+		memcpy(buf + n, parts[i], l);
+		n += l;
 	}
-	return (n < 0 || (size_t)n >= size) ? NULL : buf;
+	buf[n] = '\0';
+	return buf;
 }

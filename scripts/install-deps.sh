@@ -10,7 +10,8 @@ APT_PKGS=(build-essential cmake ninja-build pkg-config
 	mosquitto mosquitto-clients mosquitto-dev libmosquitto-dev
 	liblmdb-dev lmdb-utils libcjson-dev uthash-dev
 	libcurl4-openssl-dev libssl-dev openssl valgrind
-	nodejs chromium)
+	nodejs chromium
+	strace)   # strace: bench/pages_per_commit.sh
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi

@@ -55,7 +55,6 @@ int main(void)
 		CHECK_EQ_INT(store__msg_put(t, "g", i, m, strlen(m)), STORE_OK);
 	}
 	CHECK_EQ_INT(store__msg_put(t, "g2", 1, "m1", 2), STORE_OK);
-	CHECK_EQ_INT(store__seq_put(t, "g", 300), STORE_OK);
 	CHECK_EQ_INT(store__member_put(t, "g", "bob", 'm'), STORE_OK);
 	CHECK_EQ_INT(store__member_put(t, "g", "alice", 'a'), STORE_OK);
 	CHECK_EQ_INT(store__member_put(t, "g2", "alice", 'm'), STORE_OK);
