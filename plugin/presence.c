@@ -190,19 +190,37 @@ static int presence__store(struct chat *chat, const char *user, bool online, uin
 
 bool presence__may_write(struct chat *chat, const void *conn, const void *payload, size_t len)
 {
-	cJSON *root;
+	static const char *const fields[] = {"state", NULL};
+	struct chat_error e = {0};
+	struct device *d;
+	cJSON *root = NULL;
 	const cJSON *st;
-	bool offline;
+	bool ok;
 
-	/* Only the "offline" state is refused here (wills come this way, past
-	 * the message hook); anything else goes on to the hook, which validates
-	 * it and answers a bad payload with a specific error. */
-	if(len == 0 || len > chat->cfg.max_payload) return true;
-	root = cJSON_ParseWithLength(payload, len);
-	st = cJSON_GetObjectItemCaseSensitive(root, "state");
-	offline = cJSON_IsString(st) && !strcmp(st->valuestring, "offline");
+	HASH_FIND_PTR(chat->devices, &conn, d);
+	if(d){
+		/* A connected device: only the "offline" state is refused here;
+		 * anything else goes on to the hook, which validates it and answers
+		 * a bad payload with a specific error. */
+		if(len == 0 || len > chat->cfg.max_payload) return true;
+		root = cJSON_ParseWithLength(payload, len);
+		st = cJSON_GetObjectItemCaseSensitive(root, "state");
+		ok = !(cJSON_IsString(st) && !strcmp(st->valuestring, "offline"));
+		cJSON_Delete(root);
+		return ok;
+	}
+	/* Not a device (yet): a connection's first chat action, or a Last Will
+	 * (mosquitto checks a will after the DISCONNECT event removed its
+	 * device). Wills never reach the hook, so whatever passes here would be
+	 * retained unchecked: only a well-formed {"state":"online"} may pass,
+	 * for the hook to stamp. */
+	ok = !json__parse_object(payload, len, chat->cfg.max_payload, &root, &e) && !json__only_fields(root, fields, &e);
+	if(ok){
+		st = cJSON_GetObjectItemCaseSensitive(root, "state");
+		ok = cJSON_IsString(st) && !strcmp(st->valuestring, "online");
+	}
 	cJSON_Delete(root);
-	return !offline;
+	return ok;
 }
 
 enum chat_verdict presence__handle(struct chat *chat, const struct chat_client *cl, const struct topic_ref *ref,

@@ -276,6 +276,26 @@ def test_publishing_offline_yourself_is_refused(broker, users, proto):
     assert alice.send(d, "still here").rc == alice.ok_code
 
 
+@pytest.mark.parametrize(
+    "payload",
+    [b'{"state":"online","state":"offline"}', b"not json", b"", b'{"state":"online","ts":1}', b'{"state":"away"}'],
+    ids=["duplicate-state", "not-json", "empty", "extra-field", "unknown-state"],
+)
+def test_a_will_cannot_leave_junk_in_the_retained_presence(broker, users, payload):
+    """Wills skip the message hook: the write ACL alone keeps a malformed will (which would be
+    retained unchecked, or an empty one, which would clear the state) off chat/p/{me}."""
+    a, b = users("alice", "bob")
+    phone = device(broker, a)
+    phone.create_direct(b)
+    go_online(phone)
+    bob = watch(broker, b, a)
+    before = bob.expect_msg(ptopic(a))
+    junk = broker.client(a, auto_sub=False, will=(ptopic(a), payload, 1, True))
+    junk.kill_socket()
+    bob.expect_none(ptopic(a), wait=0.5)
+    assert retained(broker, b, a).payload == before.payload
+
+
 # --------------------------------------------------------------------------- who may read
 
 @pytest.mark.parametrize("proto", [4, 5], ids=["mqtt311", "mqtt5"])
