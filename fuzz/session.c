@@ -169,7 +169,7 @@ static void seed(int dev, const char *topic, const char *payload)
 static void session_open(void)
 {
 	static const char *const opts[][2] = {
-		{"map_size", "2M"}, {"fsync", "off"}, {"sync_interval_ms", "0"},
+		{"map_size", "1M"}, {"fsync", "off"}, {"sync_interval_ms", "0"},
 		{"max_members", "6"}, {"max_body", "300"}, {"max_payload", "2048"}, {"history_limit", "20"},
 		{"receipt_fanout_max", "2"}, {"typing_fanout_max", "2"},
 		{"typing_interval_ms", "500"}, {"typing_ttl_ms", "5000"}, {"presence_grace_ms", "1000"},

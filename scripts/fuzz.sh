@@ -9,7 +9,8 @@
 # libFuzzer's final coverage (cov: edges, ft: features) per target. Exits
 # non-zero on any crash, leak, sanitizer report or timeout; the input is kept
 # in ${FUZZ_ARTIFACTS:-fuzz-artifacts}/ (see fuzz/README.md).
-# LMDB-backed targets work in a temporary directory removed at the end.
+# LMDB-backed targets work in a temporary directory (on /dev/shm when there is
+# one and TMPDIR is unset) removed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,7 +36,10 @@ else
 	for f in fuzz/fuzz_*.c; do t=$(basename "$f" .c); targets+=("$t"); done
 fi
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/chat-fuzz-run.XXXXXX")
+# LMDB opens and closes once per input: on tmpfs that is twice as fast
+tmpbase=${TMPDIR:-/tmp}
+if [ -z "${TMPDIR:-}" ] && [ -d /dev/shm ] && [ -w /dev/shm ]; then tmpbase=/dev/shm; fi
+work=$(mktemp -d "$tmpbase/chat-fuzz-run.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/tmp"
 artifacts=${FUZZ_ARTIFACTS:-fuzz-artifacts}

@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 APT_PKGS=(build-essential cmake ninja-build pkg-config
 	mosquitto mosquitto-clients mosquitto-dev libmosquitto-dev
 	liblmdb-dev lmdb-utils libcjson-dev uthash-dev
-	libcurl4-openssl-dev libssl-dev openssl valgrind)
+	libcurl4-openssl-dev libssl-dev openssl valgrind
+	clang-14 libclang-rt-14-dev)   # scripts/fuzz.sh: clang + libFuzzer/ASan/UBSan runtimes (libclang_rt.*)
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
