@@ -82,6 +82,29 @@ static void check_outbox(struct chat_outbox *out)
 	outbox__clear(out);
 }
 
+/* A copy of exactly len bytes, so reading past the end is caught. */
+static void *memdup_exact(const void *p, size_t len)
+{
+	void *copy = malloc(len ? len : 1);
+	if(!copy) fail("out of memory", NULL);
+	memcpy(copy, p, len);
+	return copy;
+}
+
+/* Moves the first line of *p (up to '\n' or the end) into buf as a string. */
+static void take_line(char *buf, size_t size, const uint8_t **p, size_t *len)
+{
+	const uint8_t *nl = memchr(*p, '\n', *len);
+	size_t tl = nl ? (size_t)(nl - *p) : *len;
+	size_t used = nl ? tl + 1 : tl;
+
+	if(tl >= size) tl = size - 1;
+	memcpy(buf, *p, tl);
+	buf[tl] = '\0';
+	*p += used;
+	*len -= used;
+}
+
 /* One publish from device dev; returns the verdict. */
 static enum chat_verdict publish(int dev, int version, const char *response_topic, const char *topic,
 		const void *payload, size_t len, bool honor_acl)
@@ -95,10 +118,7 @@ static enum chat_verdict publish(int dev, int version, const char *response_topi
 	enum chat_verdict v;
 	void *copy;
 
-	/* a buffer of exactly len bytes, so reading past the payload is caught */
-	copy = malloc(len ? len : 1);
-	if(!copy) fail("out of memory", NULL);
-	memcpy(copy, payload, len);
+	copy = memdup_exact(payload, len);
 	payload = copy;
 	if(honor_acl && acl__check(chat, cl.conn, cl.username, CHAT_ACCESS_WRITE, topic, payload, len) == CHAT_ACL_DENY){
 		free(copy);
@@ -263,19 +283,7 @@ static void chunk_topic(char *buf, size_t size, enum fuzz_topics topics, unsigne
 		snprintf(buf, size, "chat/%s%s%s", t, own ? me : "", !strcmp(t, "u/") ? "/reply" : "");
 		return;
 	}
-	/* the topic is the payload's first line */
-	const uint8_t *nl = memchr(*payload, '\n', *len);
-	size_t tl = nl ? (size_t)(nl - *payload) : *len;
-	if(tl >= size) tl = size - 1;
-	memcpy(buf, *payload, tl);
-	buf[tl] = '\0';
-	if(nl){
-		*len -= (size_t)(nl + 1 - *payload);
-		*payload = nl + 1;
-	}else{
-		*payload += *len;
-		*len = 0;
-	}
+	take_line(buf, size, payload, len);   /* the topic is the payload's first line */
 }
 
 static void run_acl(int dev, unsigned ctl, const uint8_t *payload, size_t len)
@@ -286,22 +294,11 @@ static void run_acl(int dev, unsigned ctl, const uint8_t *payload, size_t len)
 	char topic[1024];
 	struct topic_ref ref;
 	bool lead;
-	const uint8_t *nl = memchr(payload, '\n', len);
-	size_t tl = nl ? (size_t)(nl - payload) : len;
+	void *copy;
 
-	if(tl >= sizeof(topic)) tl = sizeof(topic) - 1;
-	memcpy(topic, payload, tl);
-	topic[tl] = '\0';
-	if(nl){
-		len -= (size_t)(nl + 1 - payload);
-		payload = nl + 1;
-	}else{
-		len = 0;
-	}
+	take_line(topic, sizeof(topic), &payload, &len);
 	topic__parse(&chat->cfg, topic, &ref, &lead);
-	void *copy = malloc(len ? len : 1);   /* exactly len bytes: over-reads are caught */
-	if(!copy) fail("out of memory", NULL);
-	memcpy(copy, payload, len);
+	copy = memdup_exact(payload, len);
 	acl__check(chat, &dev_conn[dev], dev_user[dev], access[(ctl >> 3) & 3], topic, len ? copy : NULL, len);
 	free(copy);
 }
