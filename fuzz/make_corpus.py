@@ -103,11 +103,19 @@ def requests():
         {"op": "nope"},
         {"op": 5, "req_id": 1.5},
     ]
+    # alice is the admin of G and a member of D; bob a member of G, D and H
+    bob_ops = {"conv.create": 1, "conv.list": 7, "history": 16, "devices.unregister": 21, "devices.list": 22}
     out = []
     for i, p in enumerate(r):
-        dev = BOB if i % 3 == 1 else ALICE
+        dev = BOB if bob_ops.get(p["op"]) == i else ALICE
         ctl = dev | (V5 | RT_OWN if i % 4 == 0 else 0)
         out.append(session(chunk(ctl, 0, p)))
+    for p in ({"op": "members.add", "conv": G, "users": ["u1", "u2", "u3", "u4"]},
+              {"op": "members.add", "conv": G, "users": []},
+              {"op": "conv.update", "conv": G, "name": "team"},
+              {"op": "conv.create", "type": "group", "name": "", "members": ["bob"]},
+              {"op": "history", "conv": G, "before": 2, "after": 1}):
+        out.append(session(chunk(ALICE, 0, p)))
     out.append(b"\x00\x00" + b'{"op":"conv.list"} x')
     out.append(session(chunk(ALICE | V5 | RT_WILD, 0, {"op": "conv.list"})))
     out.append(session(chunk(ALICE | V5 | RT_OTHER, 0, {"op": "conv.list"})))
@@ -147,6 +155,8 @@ def main():
         {"cmid": "x" * 65, "body": "a"}, {"cmid": "x", "body": "a", "from": "eve"},
         {"cmid": "x", "body": "a", "type": "system"}, {"cmid": "x", "body": "a", "reply_to": 99},
         {"cmid": "x", "body": "y" * 301}, {"cmid": "x:y@z", "body": "\u00e9\U0001F600"},
+        # past the push preview's 200 bytes, a character across the cut
+        {"cmid": "long", "body": "y" * 199 + "\u00e9" * 20}, {"cmid": "long2", "body": "z" * 198 + "\U0001F600" * 10},
     ]
     out = []
     for i, p in enumerate(sends):
@@ -154,6 +164,8 @@ def main():
     out.append(session(chunk(ALICE, 0, sends[0]), chunk(ALICE | TICK, 0, sends[0]),
                        chunk(BOB | DISC, 1, {"cmid": "c1", "body": "again"}), chunk(EVE, NOACL, sends[0])))
     out.append(b"\x00\x00not json")
+    for p in sends[-2:] + sends[:2]:   # alice to D and G, bob and carol offline: push jobs with previews
+        out.append(session(chunk(ALICE, 1, p), chunk(ALICE | TICK, 0, p)))
     write("fuzz_send", out)
     write_dict("fuzz_send", JSON_TOKENS + quoted(["cmid", "type", "body", "reply_to", "text"]) + ["\xff"])
 
