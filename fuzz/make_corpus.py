@@ -7,7 +7,8 @@ Session inputs (session.h): chunks [ctl][sel]payload separated by 0xFF.
 ctl: bits 0-2 device (0 alice, 1 bob, 2 carol, 3 eve, 4 bridge, 5 ops, 6 no
 username, 7 alice's 2nd device), bit 3 MQTT 5, bits 4-5 response topic
 (1 own, 2 someone else's, 3 wildcard), bits 6-7 afterwards (1 +1 s tick,
-2 disconnect, 3 +120 s tick). sel: bits 0-3 topic, bit 4 skip the write ACL.
+2 disconnect, 3 +120 s tick). sel: bits 0-3 topic, bit 4 skip the write ACL,
+bit 5 restart the core afterwards.
 """
 import hashlib
 import json
@@ -21,6 +22,7 @@ V5 = 8
 RT_OWN, RT_OTHER, RT_WILD = 16, 32, 48
 TICK, DISC, LONGTICK = 64, 128, 192
 NOACL = 16
+RESTART = 32
 
 
 def chunk(ctl, sel, payload):
@@ -193,6 +195,7 @@ def main():
     out.append(session(chunk(ALICE, 0, {"state": "online"}), chunk(ALICE2, 0, {"state": "online"}),
                        chunk(ALICE | DISC, 0, {"state": "online"}), chunk(ALICE2 | TICK, 0, {"state": "offline"}),
                        chunk(ALICE2 | DISC, 0, {"state": "online"})))
+    out.append(session(chunk(ALICE, RESTART, {"state": "online"}), chunk(ALICE | DISC, RESTART, {"state": "online"})))
     write("fuzz_presence", out)
     write_dict("fuzz_presence", JSON_TOKENS + quoted(["state", "online", "offline", "ts"]) + ["\xff"])
 
@@ -235,6 +238,9 @@ def main():
                                       for c in data.split(b"\xff")))
     mixed.append(session(chunk(ALICE, 15, "chat/c/%s/m\n{}" % G), chunk(ALICE, 15, "chat/u/bob/x\n{}"),
                          chunk(BOB, 15, "chat/push/status\n{}"), chunk(ALICE, 15, "chat/send/%s/x\n{}" % G)))
+    mixed.append(session(chunk(ALICE | V5, 8 | RESTART, {"state": "online"}),
+                         chunk(BOB, 1 | RESTART, {"cmid": "r1", "body": "after a restart"}),
+                         chunk(BRIDGE, 10, {"id": 1, "result": "delivered"})))
     write("fuzz_session", mixed)
     all_tokens = JSON_TOKENS + quoted(KEYS) + quoted(OPS_) + quoted(WORDS) + quoted(IDS) + ["\xff", "\n"]
     write_dict("fuzz_session", all_tokens)

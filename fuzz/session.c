@@ -186,7 +186,8 @@ static void seed(int dev, const char *topic, const char *payload)
 	if(v != CHAT_CONSUMED) fail("seeding failed", payload);
 }
 
-static void session_open(void)
+/* Opens the core on db_dir (as it is) with the fuzz configuration. */
+static void core_open(void)
 {
 	static const char *const opts[][2] = {
 		{"map_size", "1M"}, {"fsync", "off"}, {"sync_interval_ms", "0"},
@@ -199,17 +200,6 @@ static void session_open(void)
 	struct chat_config cfg;
 	char err[256];
 
-	if(!db_dir[0]){
-		const char *tmp = getenv("TMPDIR");
-		snprintf(db_dir, sizeof(db_dir), "%s/chat-fuzz-XXXXXX", tmp && *tmp ? tmp : "/tmp");
-		if(!mkdtemp(db_dir)) fail("mkdtemp", db_dir);
-		atexit(cleanup_at_exit);
-		trace = getenv("FUZZ_TRACE") && *getenv("FUZZ_TRACE") == '1';
-	}
-	remove_db();
-	random_calls = 0;
-	fake_now = 1763900000000ULL;
-
 	config__defaults(&cfg);
 	if(config__set(&cfg, "db_path", db_dir, err, sizeof(err))) fail("config", err);
 	for(size_t i = 0; i < sizeof(opts) / sizeof(opts[0]); i++){
@@ -220,6 +210,34 @@ static void session_open(void)
 		fail("chat__open", err);
 	}
 	chat->now_ms = clock_ms;
+}
+
+/* A broker restart: the core closes and opens again on the same LMDB and
+ * republishes the stored presence, as the plugin does at start. */
+static void core_restart(void)
+{
+	struct chat_outbox out;
+	chat__close(chat);
+	chat = NULL;
+	core_open();
+	outbox__init(&out);
+	presence__startup(chat, &out);
+	check_outbox(&out);
+}
+
+static void session_open(void)
+{
+	if(!db_dir[0]){
+		const char *tmp = getenv("TMPDIR");
+		snprintf(db_dir, sizeof(db_dir), "%s/chat-fuzz-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+		if(!mkdtemp(db_dir)) fail("mkdtemp", db_dir);
+		atexit(cleanup_at_exit);
+		trace = getenv("FUZZ_TRACE") && *getenv("FUZZ_TRACE") == '1';
+	}
+	remove_db();
+	random_calls = 0;
+	fake_now = 1763900000000ULL;
+	core_open();
 
 	/* devices: 0 alice, 1 bob, 2 carol */
 	seed(0, "chat/req", "{\"op\":\"conv.create\",\"type\":\"group\",\"name\":\"team\",\"members\":[\"bob\",\"carol\"]}");
@@ -335,6 +353,7 @@ static void run_chunk(enum fuzz_topics topics, const uint8_t *chunk, size_t n)
 		case 3: tick(120000); break;
 		default: break;
 	}
+	if(sel & 32) core_restart();
 }
 
 int fuzz_session_run(const uint8_t *data, size_t size, enum fuzz_topics topics)

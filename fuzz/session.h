@@ -20,6 +20,8 @@
  * sel  bits 0-3  the topic (see the target's table in session.c)
  *      bit  4    ignore the write ACL (by default a publish the ACL refuses
  *                never reaches the message hook, as in the broker)
+ *      bit  5    then restart: close the core, open it again on the same
+ *                LMDB, republish the stored presence (as at broker start)
  * A chunk shorter than two bytes is skipped.
  *
  * The seeded state (conversation ids are deterministic, see getrandom() in
