@@ -20,6 +20,12 @@
  *            safe). --rate 0: closed loop, each sender keeps --window messages
  *            in flight (a message leaves the window once it is both PUBACKed
  *            and delivered): the ceiling.
+ *            --flooders N adds N connections of one more user (x0000, its
+ *            devices) sending as fast as they can (--flood-window each in
+ *            flight, refilled on every PUBACK) into their own conversation
+ *            with a receiver of its own: with the plugin's rate limits most
+ *            of it is refused (rate_limited); the quiet senders' latency is
+ *            what the flood workload of run.py compares with and without.
  *   fanout   one --members group (500), every member online (500 receiver
  *            connections: the sender's own second device and the 499 others),
  *            one sender; closed loop (or --rate), deliveries/s and the latency
@@ -90,6 +96,7 @@ static struct {
 	int storm_msgs;
 	int connect_concurrency;
 	int max_outstanding;
+	int flooders, flood_window;
 	const char *hist_convs;
 	int hist_requests;
 	int hist_limit;
@@ -119,6 +126,8 @@ static struct {
 	.storm_msgs = 20,
 	.connect_concurrency = 256,
 	.max_outstanding = 200,
+	.flooders = 0,
+	.flood_window = 100,
 	.hist_requests = 2000,
 	.hist_limit = 50,
 	.broker_pid = 0,
@@ -365,6 +374,7 @@ struct conn {
 	struct due *bl;         /* open loop: due but not handed to libmosquitto */
 	size_t bl_head, bl_len, bl_cap;
 	uint32_t *mid2g;
+	bool flooder;           /* one2one --flooders: sends flat out, counts refusals */
 
 	/* storm / history */
 	int conv;               /* the client's conversation (storm) */
@@ -560,10 +570,14 @@ static void cb_subscribe(struct mosquitto *m, void *obj, int mid, int qos_count,
 }
 
 static void storm_puback(struct conn *c, int mid);
+static void flood_puback(struct conn *c);
+static void flood_refused(void);
 
 static void cb_publish(struct mosquitto *m, void *obj, int mid)
 {
-	if(O.workload == W_STORM){
+	if(((struct conn *)obj)->flooder){
+		flood_puback(obj);
+	}else if(O.workload == W_STORM){
 		storm_puback(obj, mid);
 	}else{
 		on_puback(obj, mid);
@@ -583,7 +597,9 @@ static void cb_message(struct mosquitto *m, void *obj, const struct mosquitto_me
 		on_reply(c, msg->payload, (size_t)msg->payloadlen);
 	}else if(ends_with(msg->topic, "/event")){
 		/* conv.added / send_failed: not part of any figure */
-		if(msg->payloadlen > 0 && memmem(msg->payload, (size_t)msg->payloadlen, "send_failed", 11)){
+		if(msg->payloadlen > 0 && memmem(msg->payload, (size_t)msg->payloadlen, "send_failed", 11) && c->flooder){
+			flood_refused();
+		}else if(msg->payloadlen > 0 && memmem(msg->payload, (size_t)msg->payloadlen, "send_failed", 11)){
 			E.refused_replies++;
 			if(E.refused_replies < 5) fprintf(stderr, "chatbench: %.*s\n", msg->payloadlen, (char *)msg->payload);
 		}
@@ -975,6 +991,57 @@ static void fill_window(struct conn *c)
 	}
 }
 
+/* --flooders: what the flooding user sent, had acked, had refused and got
+ * delivered inside the measurement window */
+static struct {
+	int conv;               /* its conversation (index in V), -1 if none */
+	uint64_t sent, acked, refused, delivered, n;
+} FL = {.conv = -1};
+
+static bool in_window(uint64_t t)
+{
+	return t >= tw0 && t < tw1;
+}
+
+static void flood_send(struct conn *c)
+{
+	static char buf[80000];
+	struct conv *v = &V[FL.conv];
+	uint64_t n = FL.n++;
+	int len;
+
+	if(O.target == T_PLUGIN){
+		len = snprintf(buf, sizeof(buf), "{\"cmid\":\"%sf%" PRIu64 "\",\"body\":\"F%.*s\"}", run_nonce, n,
+				O.body - 1, body_pad);
+	}else{
+		len = snprintf(buf, sizeof(buf),
+				"{\"conv\":\"%s\",\"seq\":%" PRIu64 ",\"id\":\"%s:%" PRIu64 "\",\"ts\":%" PRIu64 ",\"from\":\"%s\","
+				"\"cmid\":\"%sf%" PRIu64 "\",\"type\":\"text\",\"body\":\"F%.*s\"}",
+				v->id, n + 1, v->id, n + 1, wall_ms(), c->user, run_nonce, n, O.body - 1, body_pad);
+	}
+	publish(c, NULL, v->topic_pub, buf, (size_t)len);
+	c->inflight++;
+	if(in_window(now_ns())) FL.sent++;
+}
+
+static void flood_fill(struct conn *c)
+{
+	while(sending && c->inflight < O.flood_window) flood_send(c);
+}
+
+/* Every PUBACK (accepted or, MQTT 3.1.1, refused alike) frees a slot. */
+static void flood_puback(struct conn *c)
+{
+	c->inflight--;
+	if(in_window(now_ns())) FL.acked++;
+	flood_fill(c);
+}
+
+static void flood_refused(void)
+{
+	if(in_window(now_ns())) FL.refused++;
+}
+
 static void complete(uint64_t g)
 {
 	struct conn *s = &C[V[M[g].conv].sender];
@@ -1059,6 +1126,10 @@ static void on_delivery(struct conn *c, const char *p, size_t len)
 		return;
 	}
 	if(O.workload != W_ONE2ONE && O.workload != W_FANOUT) return;
+	if(jfind(p, len, "\"body\":\"F")){
+		if(in_window(now_ns())) FL.delivered++;
+		return;
+	}
 	if(!parse_body(p, len, &t, &g)){
 		/* the plugin's "created" system message would land here; setup
 		 * subscribes after it, so count anything else as bad */
@@ -1143,6 +1214,9 @@ static void traffic_run(void)
 	SCH.senders = senders;
 	SCH.n = nsenders;
 	sending = true;
+	for(int i = 0; i < NC; i++){
+		if(C[i].flooder) flood_fill(&C[i]);
+	}
 	if(closed_loop){
 		for(int i = 0; i < nsenders; i++) fill_window(&C[senders[i]]);
 	}else{
@@ -1231,6 +1305,11 @@ static void traffic_run(void)
 		J(",\"schedule_lag_max_us\":%.1f,\"max_outstanding\":%d,\"never_sent\":%" PRIu64, lag_max / 1e3,
 				O.max_outstanding, backlog_left);
 	}
+	if(O.flooders > 0){
+		J(",\"flood\":{\"connections\":%d,\"window\":%d,\"sent_s\":%.1f,\"acked_s\":%.1f,\"refused_s\":%.1f"
+				",\"delivered_s\":%.1f}", O.flooders, O.flood_window, FL.sent / secs, FL.acked / secs,
+				FL.refused / secs, FL.delivered / secs);
+	}
 	J_hist("e2e_us", &h_e2e);
 	if(need > 1) J_hist("e2e_last_us", &h_last);
 	J_hist("puback_us", &h_puback);
@@ -1245,13 +1324,24 @@ static void traffic_run(void)
 
 static void setup_one2one(void)
 {
-	int S = O.senders, R = O.receivers, per;
-	if(S <= 0 || O.convs % S) die("--convs must be a multiple of --senders");
-	per = O.convs / S;
+	int S = O.senders, R = O.receivers, F = O.flooders, per;
+	if(S == 0 && F > 0) O.convs = 0;   /* the flood alone, in a process of its own */
+	else if(S <= 0 || O.convs % S) die("--convs must be a multiple of --senders");
+	per = S ? O.convs / S : 0;
 	if(per > R) die("each sender talks to %d receivers: --receivers must be >= %d (one direct conversation per pair)", per, per);
 
-	conns_alloc(S + R);
-	convs_alloc(O.convs);
+	/* --flooders: F devices of user x0000 after the receivers, then their receiver xr0000 */
+	conns_alloc(S + R + (F > 0 ? F + 1 : 0));
+	convs_alloc(O.convs + (F > 0 ? 1 : 0));
+	if(F > 0){
+		FL.conv = O.convs;
+		for(int i = 0; i <= F; i++){
+			char id[48];
+			snprintf(id, sizeof(id), i < F ? "bench-x0000-%d" : "bench-xr0000", i);
+			conn_init(&C[S + R + i], S + R + i, i < F ? "x0000" : "xr0000", id, true);
+			C[S + R + i].flooder = i < F;
+		}
+	}
 	for(int i = 0; i < S; i++){
 		char u[32], id[48];
 		snprintf(u, sizeof(u), "s%04d", i);
@@ -1271,13 +1361,15 @@ static void setup_one2one(void)
 		snprintf(id, sizeof(id), "bench-r%04d", j);
 		conn_init(&C[S + j], S + j, u, id, true);
 	}
-	connect_range(0, S + R, O.connect_concurrency, true);
+	connect_range(0, NC, O.connect_concurrency, true);
 	if(O.target == T_PLUGIN){
 		for(int i = 0; i < S; i++) subscribe_own(&C[i]);
-		wait_subs(0, S);
+		for(int i = 0; i < F; i++) subscribe_own(&C[S + R + i]);   /* the flood's send_failed events */
+		wait_subs(0, NC);
 		for(int i = 0; i < S; i++){
 			for(int j = 0; j < per; j++) create_direct(&C[i], i * per + j, C[S + j].user);
 		}
+		if(F > 0) create_direct(&C[S + R], FL.conv, "xr0000");
 		wait_creates();
 	}else{
 		plain_ids();
@@ -1290,8 +1382,12 @@ static void setup_one2one(void)
 		if(n) subscribe(&C[S + j], n, fs);
 		free(fs);
 	}
-	wait_subs(S, S + R);
-	info("one2one: %d senders, %d receivers, %d conversations ready", S, R, NV);
+	if(F > 0){
+		char *fs[1] = {V[FL.conv].filter};
+		subscribe(&C[NC - 1], 1, fs);
+	}
+	wait_subs(S, NC);
+	info("one2one: %d senders, %d receivers, %d conversations, %d flooders ready", S, R, NV, F);
 }
 
 static void setup_fanout(void)
@@ -1738,6 +1834,9 @@ static void usage(void)
 		"  --senders N --convs N --receivers N (20, 1000, 50)   --body BYTES (200)\n"
 		"  --members N                fanout group size (500)\n"
 		"  --max-outstanding N        open loop: unacked messages a sender hands libmosquitto (200)\n"
+		"  --flooders N               one2one: N devices of one more user sending flat out (0);\n"
+		"                             with --senders 0 --receivers 0 --rate 0 the flood alone\n"
+		"  --flood-window N           messages each flooder keeps in flight (100)\n"
 		" history:\n"
 		"  --hist-convs ID:SIZE,...   seeded conversations (see chatseed), user 'hist'\n"
 		"  --hist-requests N          requests per conversation (2000), one at a time\n"
@@ -1781,6 +1880,8 @@ int main(int argc, char **argv)
 		{"settle", required_argument, NULL, 20},
 		{"timeout", required_argument, NULL, 21},
 		{"max-outstanding", required_argument, NULL, 22},
+		{"flooders", required_argument, NULL, 23},
+		{"flood-window", required_argument, NULL, 24},
 		{"help", no_argument, NULL, 'h'},
 		{0},
 	};
@@ -1833,6 +1934,8 @@ int main(int argc, char **argv)
 			case 20: O.settle = atof(optarg); break;
 			case 21: O.timeout = atof(optarg); break;
 			case 22: O.max_outstanding = atoi(optarg); break;
+			case 23: O.flooders = atoi(optarg); break;
+			case 24: O.flood_window = atoi(optarg); break;
 			case 'h': usage(); return 0;
 			default: usage(); return 2;
 		}

@@ -166,6 +166,10 @@ def main():
     out.append(session(chunk(ALICE, 0, sends[0]), chunk(ALICE | TICK, 0, sends[0]),
                        chunk(BOB | DISC, 1, {"cmid": "c1", "body": "again"}), chunk(EVE, NOACL, sends[0])))
     out.append(b"\x00\x00not json")
+    # alice's bucket holds 2 more sends after the seeding: the rest are rate_limited (cmid echoed or not)
+    out.append(session(*[chunk(ALICE, 1, {"cmid": "r%d" % i, "body": "x"}) for i in range(4)],
+                       chunk(ALICE, 1, '{"body":"x", "cmid" :\t"echo-\u00e9"}'), chunk(ALICE | TICK, 1, '"cmid":"x"'),
+                       chunk(ALICE, 1, {"cmid": "after-refill", "body": "x"})))
     for p in sends[-2:] + sends[:2]:   # alice to D and G, bob and carol offline: push jobs with previews
         out.append(session(chunk(ALICE, 1, p), chunk(ALICE | TICK, 0, p)))
     write("fuzz_send", out)

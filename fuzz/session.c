@@ -196,6 +196,9 @@ static void core_open(void)
 		{"typing_interval_ms", "500"}, {"typing_ttl_ms", "5000"}, {"presence_grace_ms", "1000"},
 		{"observers", "ops"}, {"push_users", "bridge"}, {"push_window_ms", "0"}, {"push_retry_ms", "30000"},
 		{"push_max_devices", "2"}, {"push_preview", "on"},
+		/* small buckets (after what the seeding spends), so refusals are reached */
+		{"rate_send", "1"}, {"rate_send_burst", "5"}, {"rate_request", "2"}, {"rate_request_burst", "8"},
+		{"rate_receipt", "1"}, {"rate_receipt_burst", "4"}, {"rate_typing", "1"}, {"rate_typing_burst", "3"},
 	};
 	struct chat_config cfg;
 	char err[256];

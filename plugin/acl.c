@@ -73,6 +73,8 @@ static enum chat_acl check_read(struct chat *chat, const char *user, bool observ
 			return CHAT_ACL_DENY;
 		case TOPIC_PUSH_STATUS:
 			return observer || push__is_bridge(&chat->cfg, user) ? CHAT_ACL_ALLOW : CHAT_ACL_DENY;
+		case TOPIC_STATS:
+			return observer ? CHAT_ACL_ALLOW : CHAT_ACL_DENY;   /* operators' counters */
 		case TOPIC_PRESENCE:
 			if(observer) return CHAT_ACL_ALLOW;
 			if(!ref->id_valid) return CHAT_ACL_DENY;

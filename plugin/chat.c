@@ -31,6 +31,7 @@ int chat__open(struct chat **out, struct chat_config *cfg, char *err, size_t err
 	memset(cfg, 0, sizeof(*cfg));
 	chat->now_ms = json__now_ms;
 	chat->push_resend_all = true;   /* every job still in the outbox goes out again */
+	chat->stats.started_ms = chat->now_ms();
 	if(store__open(&chat->store, chat->cfg.db_path, chat->cfg.map_size, chat->cfg.fsync == CHAT_FSYNC_ALWAYS,
 				chat->cfg.sync_interval_ms, err, errlen) != STORE_OK){
 		chat__close(chat);
@@ -44,6 +45,7 @@ void chat__close(struct chat *chat)
 {
 	if(!chat) return;
 	typing__free(chat);
+	ratelimit__free(chat);
 	presence__free(chat);
 	store__close(chat->store);
 	config__free(&chat->cfg);
@@ -88,6 +90,8 @@ void chat__tick(struct chat *chat, struct chat_outbox *out)
 	if(chat->typing) typing__expire(chat, chat->now_ms(), out);
 	if(chat->offline_pending) presence__tick(chat, out);
 	push__tick(chat, out);
+	stats__tick(chat, chat->now_ms(), out);
+	ratelimit__sweep(chat, chat->now_ms());
 }
 
 void chat__disconnect(struct chat *chat, const void *conn, struct chat_outbox *out)

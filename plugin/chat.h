@@ -16,6 +16,7 @@
 #include <cjson/cJSON.h>
 
 #include "store.h"
+#include "jwt.h"
 
 #define CHAT_ID_MAX 64          /* user, conv and cmid ids: 1..64 chars */
 #define CHAT_NAME_MAX 128       /* group name, in bytes of UTF-8 */
@@ -29,6 +30,15 @@
 enum chat_fsync {
 	CHAT_FSYNC_OFF = 0,     /* commit without fsync: survives a killed broker */
 	CHAT_FSYNC_ALWAYS = 1,  /* fsync before the ack: survives power loss */
+};
+
+/* ratelimit.c: what a user's token buckets count */
+enum chat_rate {
+	CHAT_RATE_SEND = 0,     /* publishes on {p}/send/{conv}, duplicates included */
+	CHAT_RATE_REQUEST,      /* publishes on {p}/req and {p}/p/{me} */
+	CHAT_RATE_RECEIPT,      /* publishes on {p}/receipt/{conv} */
+	CHAT_RATE_TYPING,       /* publishes on {p}/typing/{conv} */
+	CHAT_RATE_KINDS,
 };
 
 struct chat_config {
@@ -55,6 +65,12 @@ struct chat_config {
 	unsigned push_retry_ms;        /* re-publish a job not acked within this */
 	bool push_preview;             /* message text in pushes at all */
 	unsigned push_max_devices;     /* push devices per user */
+	struct jwt_config jwt;         /* plugin_opt_auth and jwt_* (jwt.h) */
+	unsigned stats_interval_ms;    /* stats.c: publish {p}/stats this often, 0 = never */
+	unsigned max_conversations_per_user;  /* conversations one user may belong to */
+	unsigned max_name;             /* group name, bytes of UTF-8 (<= CHAT_NAME_MAX) */
+	unsigned rate[CHAT_RATE_KINDS];              /* ratelimit.c: tokens per second per user, by enum chat_rate; 0 = unlimited */
+	unsigned rate_burst[CHAT_RATE_KINDS];        /* ratelimit.c: bucket size, by enum chat_rate */
 };
 
 void config__defaults(struct chat_config *cfg);
@@ -83,6 +99,9 @@ enum chat_err {
 	CHAT_E_INVALID_RESPONSE_TOPIC,
 	CHAT_E_NOT_SUPPORTED,
 	CHAT_E_TOO_MANY_DEVICES,
+	CHAT_E_STORAGE_FULL,   /* the LMDB map is full: a write refused, reads go on */
+	CHAT_E_RATE_LIMITED,
+	CHAT_E_TOO_MANY_CONVERSATIONS,
 	CHAT_E_STORE,   /* never sent: the commit failed, the client gets no ack */
 	CHAT_E_NOMEM,   /* never sent: treated like CHAT_E_STORE */
 };
@@ -90,6 +109,7 @@ enum chat_err {
 struct chat_error {
 	enum chat_err code;
 	char message[200];
+	uint32_t retry_after_ms;   /* CHAT_E_RATE_LIMITED: when the next token is due */
 };
 
 const char *chat_err__code(enum chat_err code);
@@ -129,6 +149,7 @@ enum topic_kind {
 	TOPIC_PUSH_JOBS,    /* {p}/push/jobs: plugin -> bridge */
 	TOPIC_PUSH_ACK,     /* {p}/push/ack: bridge -> plugin */
 	TOPIC_PUSH_STATUS,  /* {p}/push/status: the bridge's retained counters */
+	TOPIC_STATS,        /* {p}/stats: the plugin's retained counters (observers read) */
 	TOPIC_WILDCARD,     /* a filter with a wildcard where an id or kind goes */
 	TOPIC_OTHER,        /* anything else under the prefix */
 };
@@ -183,6 +204,29 @@ void outbox__append(struct chat_outbox *ob, struct chat_outbox *from);
 void outbox__clear(struct chat_outbox *ob);
 
 /* ======================================================================
+ * stats.c — operator counters, published retained on {p}/stats
+ * ====================================================================== */
+
+#define CHAT_STATS_CODES 32   /* room for every enum chat_err, present and future */
+
+struct chat_stats {
+	uint64_t started_ms;
+	uint64_t last_ms;                    /* when the last interval began (0: no tick yet) */
+	uint64_t requests, history_requests; /* counted since start */
+	uint64_t refused[CHAT_STATS_CODES];  /* refused publishes (send_failed), by code */
+	uint64_t request_errors[CHAT_STATS_CODES]; /* {"ok":false} replies, by code */
+	uint64_t prev_stored, prev_requests, prev_history; /* at last_ms, for the rates */
+};
+
+struct chat;
+/* A publish was refused with code (one line at each refusal site). */
+void stats__refused(struct chat *chat, enum chat_err code);
+/* A request was answered {"ok":false} with code. */
+void stats__request_error(struct chat *chat, enum chat_err code);
+/* Publishes the stats when stats_interval_ms has passed since the last time. */
+void stats__tick(struct chat *chat, uint64_t now, struct chat_outbox *out);
+
+/* ======================================================================
  * The core's state and entry points (acl.c, message.c, request.c)
  * ====================================================================== */
 
@@ -190,6 +234,7 @@ struct device;
 struct device_user;
 struct offline_pending;
 struct typing_entry;
+struct rate_user;
 
 struct chat {
 	struct chat_config cfg;
@@ -201,8 +246,11 @@ struct chat {
 	struct device_user *device_users;/* presence.c: users with >= 1 connected device */
 	struct offline_pending *offline_pending; /* presence.c: users whose last device just went */
 	struct typing_entry *typing;     /* typing.c: who is typing where */
+	struct rate_user *rate_users;    /* ratelimit.c: token buckets of users seen lately */
+	uint64_t rate_swept_ms;          /* ratelimit.c: last sweep of idle full buckets */
 	bool push_resend_all;            /* push.c: re-publish every job (at start) */
 	uint64_t push_delivered, push_failed, push_unregistered;
+	struct chat_stats stats;         /* stats.c */
 };
 
 /* Who published: the authenticated username (may be NULL) of one device. */
@@ -340,6 +388,8 @@ void presence__tick(struct chat *chat, struct chat_outbox *out);
  * (from a broker that died) into "offline". */
 void presence__startup(struct chat *chat, struct chat_outbox *out);
 void presence__free(struct chat *chat);
+/* Connected devices and users with at least one (stats.c). */
+void presence__counts(const struct chat *chat, size_t *devices, size_t *users);
 
 /* ======================================================================
  * push.c — push devices, preferences and the durable push outbox
@@ -359,5 +409,29 @@ enum chat_err push__devices_unregister(struct chat *, struct store_txn *, const 
 enum chat_err push__devices_list(struct chat *, struct store_txn *, const char *, const cJSON *, cJSON *, struct chat_outbox *, struct chat_error *);
 enum chat_err push__conv_mute(struct chat *, struct store_txn *, const char *, const cJSON *, cJSON *, struct chat_outbox *, struct chat_error *);
 enum chat_err push__conv_preview(struct chat *, struct store_txn *, const char *, const cJSON *, cJSON *, struct chat_outbox *, struct chat_error *);
+
+/* ======================================================================
+ * ratelimit.c — token buckets per user (all devices of a user share them)
+ * ====================================================================== */
+
+/* "send", "request", …: the option name after "rate_". */
+const char *ratelimit__kind_name(enum chat_rate kind);
+/* Bucket arithmetic on milli-tokens (pure, for the unit tests). rate is
+ * tokens/s (> 0), burst the bucket size in tokens. */
+uint64_t ratelimit__refill(uint64_t milli, unsigned rate, unsigned burst, uint64_t elapsed_ms);
+/* Takes one token: true, or false with *retry_ms = ms until one is due. */
+bool ratelimit__take_one(uint64_t *milli, unsigned rate, uint32_t *retry_ms);
+/* Takes a token of kind from user's bucket at chat->now_ms(). Returns
+ * CHAT_E_OK or CHAT_E_RATE_LIMITED with e filled (retry_after_ms set).
+ * Decided before anything is parsed or stored. */
+enum chat_err ratelimit__take(struct chat *chat, const char *user, enum chat_rate kind, struct chat_error *e);
+/* A send refused by ratelimit__take: the send_failed event, with the
+ * payload's cmid echoed when it has one. Returns CHAT_REFUSED. */
+enum chat_verdict ratelimit__refuse_send(struct chat *chat, const struct chat_client *cl, const struct topic_ref *ref,
+		const void *payload, size_t len, const struct chat_error *e, struct chat_outbox *out);
+/* Forgets users whose buckets are all full again (at most once a second). */
+void ratelimit__sweep(struct chat *chat, uint64_t now);
+size_t ratelimit__tracked(const struct chat *chat);
+void ratelimit__free(struct chat *chat);
 
 #endif

@@ -34,6 +34,19 @@ void config__defaults(struct chat_config *cfg)
 	cfg->push_retry_ms = 30000;
 	cfg->push_preview = true;
 	cfg->push_max_devices = 10;
+	jwt__config_defaults(&cfg->jwt);
+	cfg->stats_interval_ms = 10000;
+	cfg->max_conversations_per_user = 10000;
+	cfg->max_name = CHAT_NAME_MAX;
+	/* per user: 10 sends/s with bursts of 30; requests, receipts, typing alike */
+	cfg->rate[CHAT_RATE_SEND] = 10;
+	cfg->rate_burst[CHAT_RATE_SEND] = 30;
+	cfg->rate[CHAT_RATE_REQUEST] = 20;
+	cfg->rate_burst[CHAT_RATE_REQUEST] = 60;
+	cfg->rate[CHAT_RATE_RECEIPT] = 20;
+	cfg->rate_burst[CHAT_RATE_RECEIPT] = 100;
+	cfg->rate[CHAT_RATE_TYPING] = 5;
+	cfg->rate_burst[CHAT_RATE_TYPING] = 10;
 }
 
 void config__free(struct chat_config *cfg)
@@ -52,6 +65,7 @@ void config__free(struct chat_config *cfg)
 	cfg->observer_count = 0;
 	cfg->push_users = NULL;
 	cfg->push_user_count = 0;
+	jwt__config_free(&cfg->jwt);
 }
 
 bool config__is_observer(const struct chat_config *cfg, const char *user)
@@ -208,6 +222,8 @@ int config__set(struct chat_config *cfg, const char *key, const char *value, cha
 		return set_uint(&cfg->push_retry_ms, key, value, 1000, 24 * 3600 * 1000, err, errlen);
 	}else if(!strcasecmp(key, "push_max_devices")){
 		return set_uint(&cfg->push_max_devices, key, value, 1, 1000, err, errlen);
+	}else if(!strcasecmp(key, "stats_interval_ms")){
+		return set_uint(&cfg->stats_interval_ms, key, value, 0, 24 * 3600 * 1000, err, errlen);
 	}else if(!strcasecmp(key, "push_preview")){
 		if(!strcasecmp(value, "on")){
 			cfg->push_preview = true;
@@ -218,6 +234,22 @@ int config__set(struct chat_config *cfg, const char *key, const char *value, cha
 			return -1;
 		}
 		return 0;
+	}else if(!strcasecmp(key, "jwt_defer_users")){
+		cfg->jwt.set_without_mode = true;
+		return set_user_list(&cfg->jwt.defer_users, &cfg->jwt.defer_user_count, key, value, err, errlen);
+	}else if(!strcasecmp(key, "auth") || !strncasecmp(key, "jwt_", 4)){
+		return jwt__config_set(&cfg->jwt, key, value, err, errlen);
+	}else if(!strcasecmp(key, "max_conversations_per_user")){
+		return set_uint(&cfg->max_conversations_per_user, key, value, 1, 10000000, err, errlen);
+	}else if(!strcasecmp(key, "max_name")){
+		return set_uint(&cfg->max_name, key, value, 1, CHAT_NAME_MAX, err, errlen);
+	}
+	for(int k = 0; k < CHAT_RATE_KINDS; k++){   /* rate_<kind> (0: unlimited), rate_<kind>_burst */
+		char name[48];
+		snprintf(name, sizeof(name), "rate_%s", ratelimit__kind_name(k));
+		if(!strcasecmp(key, name)) return set_uint(&cfg->rate[k], key, value, 0, 1000000, err, errlen);
+		snprintf(name, sizeof(name), "rate_%s_burst", ratelimit__kind_name(k));
+		if(!strcasecmp(key, name)) return set_uint(&cfg->rate_burst[k], key, value, 1, 1000000, err, errlen);
 	}
 	snprintf(err, errlen, "unknown option plugin_opt_%s", key);
 	return -1;

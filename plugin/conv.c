@@ -29,6 +29,43 @@ enum chat_err conv__require_member(struct store_txn *txn, const char *conv, cons
 	return CHAT_E_OK;
 }
 
+struct conv_count {
+	size_t n, max;
+};
+
+static int conv_count_cb(void *ud, const char *id)
+{
+	struct conv_count *c = ud;
+	(void)id;
+	return ++c->n >= c->max;
+}
+
+/* Refuses (too_many_conversations) when user already belongs to
+ * max_conversations_per_user conversations: one more would exceed it. Costs
+ * a walk of at most that many index entries. */
+static enum chat_err conv__check_room(struct chat *chat, struct store_txn *txn, const char *user, struct chat_error *e)
+{
+	struct conv_count c = {0, chat->cfg.max_conversations_per_user};
+	int rc = store__user_convs_each(txn, user, conv_count_cb, &c);
+	if(c.n >= c.max){
+		return chat__fail(e, CHAT_E_TOO_MANY_CONVERSATIONS, "%s already belongs to %u conversations, the limit",
+				user, chat->cfg.max_conversations_per_user);
+	}
+	return rc == STORE_OK ? CHAT_E_OK : chat__fail(e, CHAT_E_STORE, "%s", store__last_error(chat->store));
+}
+
+/* conv__check_room for each user of a cJSON array of strings. */
+static enum chat_err conv__check_rooms(struct chat *chat, struct store_txn *txn, const cJSON *users,
+		struct chat_error *e)
+{
+	const cJSON *it;
+	enum chat_err rc;
+	cJSON_ArrayForEach(it, users){
+		if((rc = conv__check_room(chat, txn, it->valuestring, e))) return rc;
+	}
+	return CHAT_E_OK;
+}
+
 /* Makes a fresh conversation id: kind ('d' or 'g') + "_" + 12 base62. */
 static enum chat_err conv__new_id(struct store_txn *txn, char kind, char id[CHAT_ID_MAX + 1], struct chat_error *e)
 {
@@ -138,6 +175,11 @@ static enum chat_err read_users(const cJSON *args, const char *name, size_t min,
 	*out = NULL;
 	if(!arr) return chat__fail(e, CHAT_E_INVALID_FIELD, "'%s' is required", name);
 	if(!cJSON_IsArray(arr)) return chat__fail(e, CHAT_E_INVALID_FIELD, "'%s' must be an array of user ids", name);
+	/* duplicates are folded by a walk of the users kept so far: bound the entries so one request's folding
+	 * stays O(max^2) however long the payload */
+	if((size_t)cJSON_GetArraySize(arr) > 2 * max){
+		return chat__fail(e, CHAT_E_TOO_MANY_MEMBERS, "'%s' has more than %zu entries", name, 2 * max);
+	}
 	users = cJSON_CreateArray();
 	if(!users) return chat__fail(e, CHAT_E_NOMEM, "out of memory");
 	cJSON_ArrayForEach(it, arr){
@@ -175,15 +217,15 @@ static enum chat_err read_users(const cJSON *args, const char *name, size_t min,
 	return CHAT_E_OK;
 }
 
-static enum chat_err read_name(const cJSON *args, const char **name, struct chat_error *e)
+static enum chat_err read_name(const struct chat *chat, const cJSON *args, const char **name, struct chat_error *e)
 {
 	const cJSON *it = cJSON_GetObjectItemCaseSensitive(args, "name");
 	size_t len;
 	if(!it) return chat__fail(e, CHAT_E_INVALID_FIELD, "'name' is required");
 	if(!cJSON_IsString(it)) return chat__fail(e, CHAT_E_INVALID_FIELD, "'name' must be a string");
 	len = strlen(it->valuestring);
-	if(len == 0 || len > CHAT_NAME_MAX){
-		return chat__fail(e, CHAT_E_INVALID_FIELD, "'name' must be 1-%d bytes", CHAT_NAME_MAX);
+	if(len == 0 || len > chat->cfg.max_name){
+		return chat__fail(e, CHAT_E_INVALID_FIELD, "'name' must be 1-%u bytes", chat->cfg.max_name);
 	}
 	*name = it->valuestring;
 	return CHAT_E_OK;
@@ -227,6 +269,7 @@ static enum chat_err create_direct(struct chat *chat, struct store_txn *txn, con
 		if((rc = add_conv_object(txn, conv, result, e))) return rc;
 		return cJSON_AddBoolToObject(result, "created", false) ? CHAT_E_OK : chat__fail(e, CHAT_E_NOMEM, "oom");
 	}
+	if((rc = conv__check_room(chat, txn, user, e)) || (rc = conv__check_room(chat, txn, with, e))) return rc;
 	if((rc = conv__new_id(txn, 'd', conv, e))) return rc;
 	sc.created_ms = chat->now_ms();
 	if(store__conv_put(txn, conv, &sc) || store__member_put(txn, conv, user, 'm')
@@ -260,7 +303,7 @@ static enum chat_err create_group(struct chat *chat, struct store_txn *txn, cons
 	enum chat_err rc;
 
 	if((rc = json__only_fields(args, fields, e))) return rc;
-	if((rc = read_name(args, &name, e))) return rc;
+	if((rc = read_name(chat, args, &name, e))) return rc;
 	/* read one more than allowed: the creator may be in the list or not */
 	if((rc = read_users(args, "members", 0, chat->cfg.max_members, &users, e))) return rc;
 
@@ -277,6 +320,7 @@ static enum chat_err create_group(struct chat *chat, struct store_txn *txn, cons
 		rc = chat__fail(e, CHAT_E_TOO_MANY_MEMBERS, "a group has at most %u members", chat->cfg.max_members);
 		goto out;
 	}
+	if((rc = conv__check_rooms(chat, txn, all, e))) goto out;
 	if((rc = conv__new_id(txn, 'g', conv, e))) goto out;
 	sc.created_ms = chat->now_ms();
 	snprintf(sc.name, sizeof(sc.name), "%s", name);
@@ -415,7 +459,7 @@ enum chat_err conv__update(struct chat *chat, struct store_txn *txn, const char 
 	enum chat_err rc;
 
 	if((rc = json__only_fields(args, fields, e)) || (rc = json__req_id(args, "conv", &conv, e))
-			|| (rc = require_group_admin(txn, conv, user, false, e)) || (rc = read_name(args, &name, e))){
+			|| (rc = require_group_admin(txn, conv, user, false, e)) || (rc = read_name(chat, args, &name, e))){
 		return rc;
 	}
 	if(store__conv_get(txn, conv, &sc) != STORE_OK) return chat__fail(e, CHAT_E_STORE, "conversation vanished");
@@ -458,6 +502,7 @@ enum chat_err conv__members_add(struct chat *chat, struct store_txn *txn, const 
 		rc = chat__fail(e, CHAT_E_TOO_MANY_MEMBERS, "a group has at most %u members", chat->cfg.max_members);
 		goto out;
 	}
+	if((rc = conv__check_rooms(chat, txn, added, e))) goto out;
 	cJSON_ArrayForEach(it, added){
 		if(store__member_put(txn, conv, it->valuestring, 'm')){
 			rc = chat__fail(e, CHAT_E_STORE, "%s", store__last_error(chat->store));

@@ -25,6 +25,9 @@ static const char *const err_codes[] = {
 	[CHAT_E_INVALID_RESPONSE_TOPIC] = "invalid_response_topic",
 	[CHAT_E_NOT_SUPPORTED] = "not_supported",
 	[CHAT_E_TOO_MANY_DEVICES] = "too_many_devices",
+	[CHAT_E_STORAGE_FULL] = "storage_full",
+	[CHAT_E_RATE_LIMITED] = "rate_limited",
+	[CHAT_E_TOO_MANY_CONVERSATIONS] = "too_many_conversations",
 	[CHAT_E_STORE] = "store_error",
 	[CHAT_E_NOMEM] = "store_error",
 };

@@ -28,12 +28,14 @@ enum chat_verdict message__refuse(struct chat *chat, const struct chat_client *c
 	cJSON *ev = cJSON_CreateObject();
 
 	chat->refusals++;
+	stats__refused(chat, e->code);
 	if(ev && cl->username && topic__build(topic, sizeof(topic), &chat->cfg, "u", cl->username, "event")){
 		cJSON_AddStringToObject(ev, "event", "send_failed");
 		if(ref->id_valid) cJSON_AddStringToObject(ev, "conv", ref->id);
 		if(cmid) cJSON_AddStringToObject(ev, "cmid", cmid);
 		cJSON_AddStringToObject(ev, "code", chat_err__code(e->code));
 		cJSON_AddStringToObject(ev, "message", e->message);
+		if(e->code == CHAT_E_RATE_LIMITED) cJSON_AddNumberToObject(ev, "retry_after_ms", e->retry_after_ms);
 		outbox__add_json(out, topic, ev, OUTBOX_SENDER, false);
 	}
 	cJSON_Delete(ev);
@@ -195,6 +197,9 @@ enum chat_verdict message__send(struct chat *chat, const struct chat_client *cl,
 	uint64_t seq;
 	enum chat_verdict v = CHAT_REFUSED;
 
+	if(ratelimit__take(chat, cl->username, CHAT_RATE_SEND, &e)){   /* before anything is read or stored */
+		return ratelimit__refuse_send(chat, cl, ref, payload, len, &e, out);
+	}
 	if(json__parse_object(payload, len, chat->cfg.max_payload, &root, &e)) goto refused;
 	/* echo the cmid in a refusal whenever there is one to correlate with,
 	 * valid or not (bounded, and already known to be UTF-8) */

@@ -9,11 +9,14 @@
  * Callbacks: ACL_CHECK (every publish, subscribe and delivery), MESSAGE
  * (inbound chat publishes; runs before the broker sends the PUBACK, so a
  * commit here makes "acked means stored" true), DISCONNECT (a device is
- * gone: presence), TICK (typing expiry, presence grace, push outbox).
+ * gone: presence), TICK (typing expiry, presence grace, push outbox); with
+ * plugin_opt_auth jwt also BASIC_AUTH (every CONNECT: the password is a JWT)
+ * and RELOAD (SIGHUP: re-read the key files).
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <mosquitto_broker.h>
 #include <mosquitto_plugin.h>
@@ -29,7 +32,28 @@ struct plugin {
 	mosquitto_plugin_id_t *id;
 	struct chat *chat;
 	bool acl_registered, message_registered, tick_registered, disconnect_registered;
+	bool auth_registered, reload_registered;
+	struct jwt_keys *jwt_keys;      /* auth jwt: replaced whole on a good reload */
+	uint64_t full_logged;     /* store__full_count() when the map-full warning was last logged */
+	time_t full_logged_at;
 };
+
+/* A full map refuses writes (sends get no PUBACK, requests storage_full)
+ * while reads go on: tell the operator what to do, at most once a minute
+ * however many writes fail meanwhile. */
+static void log_map_full(struct plugin *pl)
+{
+	uint64_t n = store__full_count(pl->chat->store);
+	time_t now = time(NULL);
+
+	if(n == pl->full_logged || (pl->full_logged_at && now - pl->full_logged_at < 60)) return;
+	mosquitto_log_printf(MOSQ_LOG_ERR, LOG_PREFIX "the database %s is full (map size %zu bytes): %llu write(s) "
+			"refused so far — sends get no PUBACK, requests that write get storage_full, reads go on. "
+			"Raise plugin_opt_map_size (and make sure the disk has room) and restart the broker.",
+			pl->chat->cfg.db_path, store__map_size(pl->chat->store), (unsigned long long)n);
+	pl->full_logged = n;
+	pl->full_logged_at = now;
+}
 
 /* ====================================================================== *
  * Outbox → broker
@@ -121,6 +145,7 @@ static int message_cb(int event, void *event_data, void *userdata)
 	outbox__init(&out);
 	v = chat__handle_publish(pl->chat, &cl, ed->topic, ed->payload, ed->payloadlen, &out, &rw);
 	flush_outbox(&out, cl.client_id, corr, corr_len);
+	log_map_full(pl);
 	mosquitto_free(response_topic);
 	mosquitto_free(corr);
 
@@ -153,8 +178,9 @@ static int message_cb(int event, void *event_data, void *userdata)
 		case CHAT_STORE_FAILED:
 		default:
 			mosquitto_log_printf(MOSQ_LOG_ERR, LOG_PREFIX "could not store a publish from %s on %s: %s; "
-					"no PUBACK, the client will resend", cl.client_id ? cl.client_id : "?", ed->topic,
-					store__last_error(pl->chat->store));
+					"no PUBACK, the client will resend%s", cl.client_id ? cl.client_id : "?", ed->topic,
+					store__last_error(pl->chat->store),
+					store__full(pl->chat->store) ? " (the map is full: raise plugin_opt_map_size)" : "");
 			return MOSQ_ERR_UNKNOWN;
 	}
 }
@@ -181,7 +207,55 @@ static int tick_cb(int event, void *event_data, void *userdata)
 	outbox__init(&out);
 	chat__tick(pl->chat, &out);
 	flush_outbox(&out, NULL, NULL, 0);
+	log_map_full(pl);
 	return MOSQ_ERR_SUCCESS;
+}
+
+/* plugin_opt_auth jwt: the plugin decides every login. MOSQ_ERR_AUTH is the
+ * only refusal mosquitto 2.0.11 answers with a CONNACK (MQTT 5: 0x87 Not
+ * authorized, 3.1.1: 5); the log line names the reason, never the token. On a
+ * SIGHUP mosquitto runs this again for every connected client. */
+static int basic_auth_cb(int event, void *event_data, void *userdata)
+{
+	struct plugin *pl = userdata;
+	struct mosquitto_evt_basic_auth *ed = event_data;
+	const char *id = mosquitto_client_id(ed->client);
+	char why[256];
+
+	if(jwt__is_deferred(&pl->chat->cfg.jwt, ed->username)){
+		return MOSQ_ERR_PLUGIN_DEFER;   /* password_file or another plugin decides */
+	}
+	if(!ed->username){
+		snprintf(why, sizeof(why), "no username");
+	}else if(!ed->password){
+		snprintf(why, sizeof(why), "no password (a JWT is required)");
+	}else if(jwt__verify(pl->jwt_keys, &pl->chat->cfg.jwt, ed->password, strlen(ed->password), ed->username,
+				(int64_t)time(NULL), why, sizeof(why)) == JWT_OK){
+		return MOSQ_ERR_SUCCESS;
+	}
+	mosquitto_log_printf(MOSQ_LOG_NOTICE, LOG_PREFIX "login refused for user '%.64s' (client '%.64s'): %s",
+			ed->username ? ed->username : "", id ? id : "", why);
+	return MOSQ_ERR_AUTH;
+}
+
+/* SIGHUP: mosquitto passes no options (the ones from start stay), so re-read
+ * the key files they name. A bad file keeps the keys in use. Deferring lets
+ * later plugins' RELOAD callbacks run too. */
+static int reload_cb(int event, void *event_data, void *userdata)
+{
+	struct plugin *pl = userdata;
+	struct jwt_keys *keys = NULL;
+	char err[256], desc[128];
+
+	if(jwt__keys_load(&pl->chat->cfg.jwt, &keys, err, sizeof(err))){
+		mosquitto_log_printf(MOSQ_LOG_ERR, LOG_PREFIX "reload: %s; keeping the JWT keys in use", err);
+		return MOSQ_ERR_PLUGIN_DEFER;
+	}
+	jwt__keys_free(pl->jwt_keys);
+	pl->jwt_keys = keys;
+	jwt__keys_describe(keys, desc, sizeof(desc));
+	mosquitto_log_printf(MOSQ_LOG_NOTICE, LOG_PREFIX "reload: JWT keys re-read (%s)", desc);
+	return MOSQ_ERR_PLUGIN_DEFER;
 }
 
 /* ====================================================================== *
@@ -203,6 +277,9 @@ static void plugin_free(struct plugin *pl)
 	if(pl->disconnect_registered) mosquitto_callback_unregister(pl->id, MOSQ_EVT_DISCONNECT, disconnect_cb, NULL);
 	if(pl->message_registered) mosquitto_callback_unregister(pl->id, MOSQ_EVT_MESSAGE, message_cb, NULL);
 	if(pl->acl_registered) mosquitto_callback_unregister(pl->id, MOSQ_EVT_ACL_CHECK, acl_cb, NULL);
+	if(pl->auth_registered) mosquitto_callback_unregister(pl->id, MOSQ_EVT_BASIC_AUTH, basic_auth_cb, NULL);
+	if(pl->reload_registered) mosquitto_callback_unregister(pl->id, MOSQ_EVT_RELOAD, reload_cb, NULL);
+	jwt__keys_free(pl->jwt_keys);
 	chat__close(pl->chat);
 	mosquitto_free(pl);
 }
@@ -228,6 +305,11 @@ CHAT_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **
 		goto fail;
 	}
 	pl->id = identifier;
+	if(jwt__config_check(&cfg.jwt, err, sizeof(err))
+			|| (cfg.jwt.mode == CHAT_AUTH_JWT && jwt__keys_load(&cfg.jwt, &pl->jwt_keys, err, sizeof(err)))){
+		mosquitto_log_printf(MOSQ_LOG_ERR, LOG_PREFIX "%s", err);
+		goto fail;
+	}
 	if(chat__open(&pl->chat, &cfg, err, sizeof(err))){
 		mosquitto_log_printf(MOSQ_LOG_ERR, LOG_PREFIX "%s", err);
 		goto fail;
@@ -245,6 +327,23 @@ CHAT_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **
 	rc = mosquitto_callback_register(identifier, MOSQ_EVT_DISCONNECT, disconnect_cb, NULL, pl);
 	if(rc) goto fail_register;
 	pl->disconnect_registered = true;
+	/* only with auth jwt: registering BASIC_AUTH at all changes what
+	 * mosquitto does with anonymous logins */
+	if(pl->jwt_keys){
+		char desc[128];
+		rc = mosquitto_callback_register(identifier, MOSQ_EVT_BASIC_AUTH, basic_auth_cb, NULL, pl);
+		if(rc) goto fail_register;
+		pl->auth_registered = true;
+		rc = mosquitto_callback_register(identifier, MOSQ_EVT_RELOAD, reload_cb, NULL, pl);
+		if(rc) goto fail_register;
+		pl->reload_registered = true;
+		jwt__keys_describe(pl->jwt_keys, desc, sizeof(desc));
+		mosquitto_log_printf(MOSQ_LOG_NOTICE, LOG_PREFIX "auth jwt: %s, leeway %u s%s%s%s%s", desc,
+				pl->chat->cfg.jwt.leeway_s, pl->chat->cfg.jwt.issuer ? ", issuer " : "",
+				pl->chat->cfg.jwt.issuer ? pl->chat->cfg.jwt.issuer : "",
+				pl->chat->cfg.jwt.audience ? ", audience " : "",
+				pl->chat->cfg.jwt.audience ? pl->chat->cfg.jwt.audience : "");
+	}
 
 	/* republish stored presence; "online" left by a broker that died is
 	 * now "offline" (queued: the broker delivers it on its first loop) */

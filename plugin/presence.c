@@ -220,6 +220,8 @@ enum chat_verdict presence__handle(struct chat *chat, const struct chat_client *
 		chat__fail(&e, CHAT_E_FORBIDDEN, "only %s may publish %s's presence", ref->id, ref->id);
 		goto refused;
 	}
+	/* each accepted state is retained and fanned out to every watcher: it draws on the request bucket */
+	if(ratelimit__take(chat, cl->username, CHAT_RATE_REQUEST, &e)) goto refused;
 	if(json__parse_object(payload, len, chat->cfg.max_payload, &root, &e) || json__only_fields(root, fields, &e)){
 		goto refused;
 	}
@@ -232,7 +234,12 @@ enum chat_verdict presence__handle(struct chat *chat, const struct chat_client *
 	cJSON_Delete(root);
 
 	presence__track(chat, cl->conn, cl->username);
-	if(presence__store(chat, cl->username, true, chat->now_ms(), &ts) != STORE_OK) return CHAT_STORE_FAILED;
+	if(presence__store(chat, cl->username, true, chat->now_ms(), &ts) != STORE_OK){
+		/* a full map: the live state is still right, it just will not be
+		 * remembered across a restart; any other failure drops the client */
+		if(!store__full(chat->store)) return CHAT_STORE_FAILED;
+		ts = chat->now_ms();
+	}
 	rw->payload = state_json(true, ts, &rw->len);
 	rw->retain = true;
 	return rw->payload ? CHAT_REWRITE : CHAT_STORE_FAILED;
@@ -333,4 +340,10 @@ void presence__startup(struct chat *chat, struct chat_outbox *out)
 		presence__publish(chat, w.stale[i], false, now, out);
 	}
 	free(w.stale);
+}
+
+void presence__counts(const struct chat *chat, size_t *devices, size_t *users)
+{
+	*devices = HASH_COUNT(chat->devices);
+	*users = HASH_COUNT(chat->device_users);
 }

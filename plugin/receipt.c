@@ -75,6 +75,7 @@ enum chat_verdict receipt__handle(struct chat *chat, const struct chat_client *c
 	size_t members;
 	enum chat_verdict v;
 
+	if(ratelimit__take(chat, cl->username, CHAT_RATE_RECEIPT, &e)) return message__refuse(chat, cl, ref, NULL, &e, out);
 	if(json__parse_object(payload, len, chat->cfg.max_payload, &root, &e)) goto refused;
 	if(!ref->id_valid){
 		chat__fail(&e, CHAT_E_INVALID_ID, "the conversation id in the topic is not a valid id");
@@ -109,6 +110,13 @@ enum chat_verdict receipt__handle(struct chat *chat, const struct chat_client *c
 	goto done;
 
 store_failed:
+	if(store__full(chat->store)){
+		/* not stored; a later receipt carries the cursor anyway, so refuse
+		 * it rather than cut the member off */
+		outbox__clear(out);
+		chat__fail(&e, CHAT_E_STORAGE_FULL, "the server's storage is full: receipt not stored");
+		goto refused;
+	}
 	outbox__clear(out);
 	v = CHAT_STORE_FAILED;
 	goto done;

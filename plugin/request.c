@@ -24,6 +24,7 @@ struct op_entry {
 static enum chat_err history_op(struct chat *chat, struct store_txn *txn, const char *user, const cJSON *args,
 		cJSON *result, struct chat_outbox *out, struct chat_error *e)
 {
+	chat->stats.history_requests++;
 	return message__history(chat, txn, user, args, result, e);
 }
 
@@ -121,8 +122,10 @@ enum chat_verdict request__handle(struct chat *chat, const struct chat_client *c
 	const char *op_name = NULL;
 	cJSON *req = NULL, *reply = NULL, *result = NULL, *it;
 	enum chat_err rc;
+	enum chat_err limited = ratelimit__take(chat, cl->username, CHAT_RATE_REQUEST, &e);   /* before anything is run */
 
 	if(!topic__build(topic, sizeof(topic), &chat->cfg, "u", cl->username, "reply")) return CHAT_REFUSED;
+	chat->stats.requests++;
 	outbox__init(&effects);
 	reply = cJSON_CreateObject();
 	result = cJSON_CreateObject();
@@ -143,10 +146,15 @@ enum chat_verdict request__handle(struct chat *chat, const struct chat_client *c
 					chat->cfg.prefix, cl->username);
 		}
 	}
+	if(!rc) rc = limited;
 	if(!rc && !(op = find_op(op_name))){
 		rc = chat__fail(&e, CHAT_E_UNKNOWN_OP, "unknown op '%.32s'", op_name);
 	}
 	if(!rc) rc = run_op(chat, op, cl->username, req, result, &effects, &e);
+	if(rc == CHAT_E_STORE && op && op->write && store__full(chat->store)){
+		/* a full map refuses the change but keeps the client: reads go on */
+		rc = chat__fail(&e, CHAT_E_STORAGE_FULL, "the server's storage is full: nothing was changed, try again later");
+	}
 
 	if(rc == CHAT_E_STORE || rc == CHAT_E_NOMEM){
 		outbox__clear(&effects);
@@ -157,12 +165,14 @@ enum chat_verdict request__handle(struct chat *chat, const struct chat_client *c
 	}
 	if(rc){
 		cJSON *err;
+		stats__request_error(chat, rc);
 		outbox__clear(&effects);
 		cJSON_ReplaceItemInObjectCaseSensitive(reply, "ok", cJSON_CreateFalse());
 		err = cJSON_AddObjectToObject(reply, "error");
 		if(err){
 			cJSON_AddStringToObject(err, "code", chat_err__code(rc));
 			cJSON_AddStringToObject(err, "message", e.message);
+			if(rc == CHAT_E_RATE_LIMITED) cJSON_AddNumberToObject(err, "retry_after_ms", e.retry_after_ms);
 		}
 	}else{
 		/* {"ok":true,"op","req_id", …result} */

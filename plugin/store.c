@@ -66,6 +66,8 @@ struct store {
 	pthread_mutex_t flush_lock;
 	pthread_cond_t flush_wake;
 	bool flusher_stop;      /* under flush_lock */
+	bool full;              /* the last write failed with MDB_MAP_FULL */
+	uint64_t full_count;    /* writes that failed with MDB_MAP_FULL */
 	char last_error[160];
 };
 
@@ -122,6 +124,8 @@ static int map_rc(struct store *s, int rc, const char *what)
 		case MDB_SUCCESS: return STORE_OK;
 		case MDB_NOTFOUND: return STORE_NOTFOUND;
 		case MDB_MAP_FULL:
+			s->full = true;
+			s->full_count++;
 			snprintf(s->last_error, sizeof(s->last_error), "%s: %s", what, mdb_strerror(rc));
 			return STORE_FULL;
 		default:
@@ -255,6 +259,22 @@ const char *store__last_error(const struct store *s)
 	return s->last_error;
 }
 
+bool store__full(const struct store *s)
+{
+	return s->full;
+}
+
+uint64_t store__full_count(const struct store *s)
+{
+	return s->full_count;
+}
+
+size_t store__map_size(const struct store *s)
+{
+	MDB_envinfo info;
+	return mdb_env_info(s->env, &info) == 0 ? info.me_mapsize : 0;
+}
+
 /* ====================================================================== *
  * Transactions
  * ====================================================================== */
@@ -270,6 +290,7 @@ int store__begin(struct store *s, bool write, struct store_txn **out)
 	t->s = s;
 	t->write = write;
 	if(write){
+		s->full = false;
 		rc = mdb_txn_begin(s->env, NULL, 0, &t->txn);
 	}else if(s->rtxn && !s->rtxn_live){
 		rc = mdb_txn_renew(s->rtxn);
@@ -948,4 +969,33 @@ int store__next_id(struct store_txn *t, const char *name, uint64_t *id)
 	rc = kv_put(t, DBI_META, name, strlen(name), buf, 8);
 	if(rc == STORE_OK) *id = cur + 1;
 	return rc;
+}
+
+/* ====================================================================== *
+ * Usage (operator stats)
+ * ====================================================================== */
+
+int store__usage(struct store *s, struct store_usage *u)
+{
+	MDB_envinfo info;
+	MDB_stat st;
+	const char *dir = NULL;
+	char file[4096];
+	struct stat fs;
+	int rc;
+
+	memset(u, 0, sizeof(*u));
+	if((rc = mdb_env_info(s->env, &info)) != 0 || (rc = mdb_env_stat(s->env, &st)) != 0){
+		snprintf(s->last_error, sizeof(s->last_error), "env info: %s", mdb_strerror(rc));
+		return STORE_ERR;
+	}
+	u->map_bytes = info.me_mapsize;
+	u->used_bytes = ((uint64_t)info.me_last_pgno + 1) * st.ms_psize;
+	if(mdb_env_get_path(s->env, &dir) == 0 && dir
+			&& snprintf(file, sizeof(file), "%s/data.mdb", dir) < (int)sizeof(file)
+			&& stat(file, &fs) == 0){
+		u->file_bytes = (uint64_t)fs.st_size;
+		u->disk_bytes = (uint64_t)fs.st_blocks * 512u;   /* WRITEMAP files are sparse */
+	}
+	return STORE_OK;
 }

@@ -58,6 +58,13 @@ void store__close(struct store *s);
 /* Flushes what fsync-less commits left in the page cache. */
 int store__sync(struct store *s);
 const char *store__last_error(const struct store *s);
+/* Did the last write transaction fail because the map is full (MDB_MAP_FULL)?
+ * Reset by every store__begin(write). */
+bool store__full(const struct store *s);
+/* How many writes have failed with MDB_MAP_FULL since the store opened. */
+uint64_t store__full_count(const struct store *s);
+/* The map size in effect (bytes), for the operator's log line. */
+size_t store__map_size(const struct store *s);
 
 int store__begin(struct store *s, bool write, struct store_txn **txn);
 /* Commits and frees txn whatever the result. */
@@ -129,6 +136,13 @@ size_t store__job_count(struct store_txn *txn);
 int store__pending_get(struct store_txn *txn, const char *user, const char *conv, uint64_t *id);
 int store__pending_put(struct store_txn *txn, const char *user, const char *conv, uint64_t id);
 int store__pending_del(struct store_txn *txn, const char *user, const char *conv);
+
+/* Size of the environment (stats): data file size and disk blocks it uses,
+ * the map size, and the bytes of the map in use (pages up to the last one). */
+struct store_usage {
+	uint64_t file_bytes, disk_bytes, map_bytes, used_bytes;
+};
+int store__usage(struct store *s, struct store_usage *u);
 
 /* Returns the next value (from 1) of the named counter. */
 int store__next_id(struct store_txn *txn, const char *name, uint64_t *id);

@@ -68,6 +68,9 @@ void topic__parse(const struct chat_config *cfg, const char *topic, struct topic
 	else if(level_is(p, "req", &rest)){
 		if(*rest == '\0') ref->kind = TOPIC_REQ;
 		return;
+	}else if(level_is(p, "stats", &rest)){
+		if(*rest == '\0') ref->kind = TOPIC_STATS;
+		return;
 	}else if(level_is(p, "push", &rest)){
 		if(!strcmp(rest, "/jobs")) ref->kind = TOPIC_PUSH_JOBS;
 		else if(!strcmp(rest, "/ack")) ref->kind = TOPIC_PUSH_ACK;

@@ -10,6 +10,7 @@ APT_PKGS=(build-essential cmake ninja-build pkg-config
 	mosquitto mosquitto-clients mosquitto-dev libmosquitto-dev
 	liblmdb-dev lmdb-utils libcjson-dev uthash-dev
 	libcurl4-openssl-dev libssl-dev openssl valgrind
+	nodejs chromium
 	clang-14 libclang-rt-14-dev)   # scripts/fuzz.sh: clang + libFuzzer/ASan/UBSan runtimes (libclang_rt.*)
 
 SUDO=""
@@ -31,7 +32,25 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # Python test tools go to the python3 on PATH (here: pyenv's 3.11), not /usr/bin/python3.
-if ! python3 -c 'import paho.mqtt, pytest, pytest_mqtt, jsonschema, referencing, yaml, matplotlib, cryptography, h2' 2>/dev/null; then
+if ! python3 -c 'import paho.mqtt, pytest, pytest_mqtt, jsonschema, referencing, yaml, matplotlib, cryptography, h2, jwt, pexpect, prometheus_client' 2>/dev/null; then
 	echo "==> pip install -r tests/requirements.txt ($(command -v python3))"
 	python3 -m pip install -q --disable-pip-version-check -r tests/requirements.txt
 fi
+
+# The web page (web/) and its browser tests (tests/web/): mqtt.js and playwright-core from
+# npm, pinned by package-lock.json. The page's copy of mqtt.js (web/vendor/, not committed)
+# is refreshed from node_modules. Debian's nodejs bundles no npm (NodeSource's does).
+if ! command -v npm >/dev/null; then
+	echo "==> apt-get install npm"
+	$SUDO apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends npm >/dev/null
+fi
+lock_sum=$(sha256sum package-lock.json | cut -d' ' -f1)
+if [ "$(cat node_modules/.chat-lock-sum 2>/dev/null)" != "$lock_sum" ]; then
+	echo "==> npm ci"
+	npm ci --no-audit --no-fund --loglevel=error
+	echo "$lock_sum" > node_modules/.chat-lock-sum
+fi
+mkdir -p web/vendor
+cmp -s node_modules/mqtt/dist/mqtt.min.js web/vendor/mqtt.min.js ||
+	cp node_modules/mqtt/dist/mqtt.min.js web/vendor/mqtt.min.js

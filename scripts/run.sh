@@ -33,7 +33,8 @@ done
 mkdir -p var/db
 {
 	echo "user $(id -un)"
-	sed -e "s/^listener 1883 /listener $MQTT_PORT /" -e "s/^listener 9001 /listener $WS_PORT /" mosquitto.conf.example
+	sed -e "s/^listener 1883 /listener $MQTT_PORT /" -e "s/^listener 9001 /listener $WS_PORT /" \
+		-e "s|^http_dir web\$|http_dir $(realpath web)|" mosquitto.conf.example
 } > var/mosquitto.conf
 
 cat <<MSG
@@ -41,6 +42,7 @@ cat <<MSG
 mosquitto-chat: starting mosquitto with the chat plugin (database: $ROOT/var/db)
   MQTT       mqtt://127.0.0.1:$MQTT_PORT
   WebSocket  ws://127.0.0.1:$WS_PORT
+  Web chat   http://127.0.0.1:$WS_PORT/   (open it in a browser; two windows = two users)
 Any username is a chat user in this setup. Try, in two more terminals:
   mosquitto_sub -p $MQTT_PORT -u alice -t 'chat/u/alice/#' -t 'chat/c/+/m' -v
   mosquitto_pub -p $MQTT_PORT -u alice -t chat/req -q 1 \\

@@ -6,7 +6,10 @@
 #  4. runs the pytest suites (tests/integration: real mosquitto brokers that load
 #     the sanitized plugin, ASan runtime preloaded; tests/bridge: the sanitized push
 #     bridge against loopback FCM/APNs/webhook stand-ins); any ASan/UBSan/leak report
-#     fails the test that produced it.
+#     fails the test that produced it. tests/web: the web page in headless Chromium against a
+#     real broker that serves it (about 90 s).
+#     tests/clients: the example clients and the
+#     operator stats against real brokers (about 1 minute).
 #  5. runs the benchmark's smoke run (plain mosquitto vs the plugin, tiny sizes).
 #  6. fuzzes every parser of client input, 15 s per target (scripts/fuzz.sh,
 #     ~4 minutes with the clang build); CHAT_FUZZ_SECONDS changes it, 0 skips it.
@@ -33,7 +36,7 @@ ctest --test-dir "$build" --output-on-failure
 echo "==> integration tests (sanitizer: $mode)"
 export CHAT_PLUGIN="$PWD/$build/plugin/mosquitto_chat.so"
 export CHAT_SANITIZE="$mode"
-python3 -m pytest tests/integration tests/bridge "$@"
+python3 -m pytest tests/integration tests/bridge tests/clients tests/web "$@"
 
 # The benchmark's smoke run: the same harness at tiny sizes, figures printed,
 # no time assertions (bench/README.md). It needs the unsanitized build.

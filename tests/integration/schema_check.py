@@ -23,7 +23,8 @@ from referencing.jsonschema import DRAFT202012
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent.parent / "schema"
 ASYNCAPI = SCHEMA_DIR / "asyncapi.yaml"
-KINDS = ("send", "message", "event", "request", "reply", "presence", "receipt", "typing", "push_job", "push_ack", "push_webhook")
+KINDS = ("send", "message", "event", "request", "reply", "presence", "receipt", "typing", "push_job", "push_ack", "push_webhook",
+         "stats")
 
 __all__ = ["KINDS", "SCHEMA_DIR", "ValidationError", "registry", "schema", "validate", "validate_asyncapi_loads"]
 

@@ -396,12 +396,15 @@ def test_presence_acl(broker, users, proto):
 
 # --------------------------------------------------------------------------- other auth
 
+# auth: plugin_opt_auth left out (the default) or set to "none" explicitly: either way the
+# plugin registers no login callback and mosquitto's own authentication decides
+@pytest.mark.parametrize("auth", [None, "none"])
 @pytest.mark.parametrize("proto", [5, 4])
-def test_with_password_file(make_broker, users, tmp_path, proto):
+def test_with_password_file(make_broker, users, tmp_path, proto, auth):
     a, b = users("alice", "bob")
     pw = tmp_path / "passwd"
     mosquitto_passwd(pw, {a: "secret-a", b: "secret-b"})
-    br = make_broker(allow_anonymous=False, extra_conf=[f"password_file {pw}"])
+    br = make_broker(allow_anonymous=False, extra_conf=[f"password_file {pw}"], opts={"auth": auth})
 
     for user, password in ((a, "wrong"), (a, None), (None, None), (uname("stranger"), "secret-a")):
         with pytest.raises(ConnectRefused) as ei:
@@ -418,7 +421,8 @@ def test_with_password_file(make_broker, users, tmp_path, proto):
     assert m["from"] == a and m["cmid"] == r.cmid
 
 
-def test_beside_dynamic_security(make_broker, users, tmp_path):
+@pytest.mark.parametrize("auth", [None, "none"])
+def test_beside_dynamic_security(make_broker, users, tmp_path, auth):
     a, b, d = users("alice", "bob", "dave")
     cfg = tmp_path / "dynsec.json"
     dynsec_config(
@@ -433,7 +437,7 @@ def test_beside_dynamic_security(make_broker, users, tmp_path):
         ],
     )
     assert os.path.exists(DYNSEC_PLUGIN), f"mosquitto's dynamic-security plugin is not at {DYNSEC_PLUGIN}"
-    br = make_broker(allow_anonymous=False,
+    br = make_broker(allow_anonymous=False, opts={"auth": auth},
                      extra_conf=[f"plugin {DYNSEC_PLUGIN}", f"plugin_opt_config_file {cfg}"])
     # our plugin is loaded first
     conf = br.conf_path.read_text()

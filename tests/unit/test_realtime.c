@@ -63,6 +63,7 @@ int main(void)
 	config__set(&cfg, "db_path", dir, err, sizeof(err));
 	config__set(&cfg, "receipt_fanout_max", "3", err, sizeof(err));
 	config__set(&cfg, "typing_fanout_max", "3", err, sizeof(err));
+	config__set(&cfg, "stats_interval_ms", "0", err, sizeof(err));   /* this test counts the tick's publishes */
 	CHECK_EQ_INT(chat__open(&chat, &cfg, err, sizeof(err)), 0);
 	chat->now_ms = clock_ms;
 
