@@ -149,6 +149,23 @@ def main():
     write_dict("fuzz_topic", ["chat/", "a.b-c_d@e/", "send/", "typing/", "receipt/", "req", "c/", "u/", "p/",
                               "push/", "jobs", "ack", "status", "+", "#", "/", "/m", "/reply"])
 
+    # jwt: mode byte (even: raw token; odd: header \n claims, signed HS256; +2: signature broken)
+    hs = '{"alg":"HS256","typ":"JWT"}'
+    good = {"sub": "alice", "exp": 1700000100, "iss": "https://id.example", "aud": "chat"}
+    jwt = [b"\x01" + (hs + "\n" + json.dumps(c, separators=(",", ":"))).encode() for c in [
+        good, dict(good, exp=1699999000), dict(good, nbf=1700000500), dict(good, aud=["x", "chat"]),
+        dict(good, aud=["x"]), dict(good, iss="other"), dict(good, sub="bob"), {"sub": "alice"},
+        dict(good, exp="1700000100"), dict(good, exp=1e999), dict(good, nbf=-1, iat=0)]]
+    jwt += [b"\x01" + (h + "\n" + json.dumps(good)).encode() for h in [
+        '{"alg":"none"}', '{"alg":"RS256"}', '{"alg":"ES256","kid":"x"}', '{"alg":"HS256","crit":["b64"]}', '[]', '']]
+    jwt += [b"\x03" + (hs + "\n" + json.dumps(good)).encode()]
+    jwt += [b"\x00" + t for t in [b"a.b.c", b"..", b"eyJhbGciOiJub25lIn0.e30.", b"a.b", b"a.b.c.d", b"=.=.=",
+                                   b"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.AAAA"]]
+    write("fuzz_jwt", jwt)
+    write_dict("fuzz_jwt", quoted(["alg", "typ", "kid", "crit", "sub", "exp", "nbf", "iat", "iss", "aud", "jti",
+                                   "HS256", "RS256", "ES256", "none", "JWT", "alice", "chat", "https://id.example"])
+               + JSON_TOKENS + [".", "-", "_", "=", "eyJ", "\n"])
+
     # session targets
     write("fuzz_request", requests())
     sends = [
