@@ -12,7 +12,7 @@
 #     operator stats against real brokers (about 1 minute).
 #  5. runs the benchmark's smoke run (plain mosquitto vs the plugin, tiny sizes).
 #  6. fuzzes every parser of client input, 15 s per target (scripts/fuzz.sh,
-#     ~4 minutes with the clang build); CHAT_FUZZ_SECONDS changes it, 0 skips it.
+#     12 targets, ~4-5 minutes with the clang build); CHAT_FUZZ_SECONDS changes it, 0 skips it.
 # CHAT_SANITIZE=valgrind runs the brokers under valgrind instead (slower);
 # CHAT_SANITIZE=none runs the plain build.
 set -euo pipefail
