@@ -226,7 +226,8 @@ enum chat_err json__opt_int(const cJSON *obj, const char *name, int64_t min, int
 		return chat__fail(e, CHAT_E_INVALID_FIELD, "'%s' must be an integer", name);
 	}
 	d = it->valuedouble;
-	if(d != (double)(int64_t)d || d < (double)min || d > (double)max){
+	/* the range first: casting NaN, 1e999 or anything past int64_t is undefined */
+	if(!(d >= (double)min && d <= (double)max && d >= -0x1p63 && d < 0x1p63) || d != (double)(int64_t)d){
 		return chat__fail(e, CHAT_E_INVALID_FIELD, "'%s' must be an integer in %lld..%lld",
 				name, (long long)min, (long long)max);
 	}

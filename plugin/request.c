@@ -72,14 +72,15 @@ static enum chat_err reply_header(cJSON *reply, const cJSON *req, const char **o
 	const cJSON *id = cJSON_GetObjectItemCaseSensitive(req, "req_id");
 	enum chat_err rc = CHAT_E_OK;
 
-	if(cJSON_IsString(o) && strlen(o->valuestring) <= 32){
-		*op = o->valuestring;
-		cJSON_AddStringToObject(reply, "op", o->valuestring);
+	if(cJSON_IsString(o)){
+		*op = o->valuestring;   /* a longer one is no op either: unknown_op */
+		if(strlen(o->valuestring) <= 32) cJSON_AddStringToObject(reply, "op", o->valuestring);
 	}
 	if(id){
 		if(cJSON_IsString(id) && strlen(id->valuestring) <= CHAT_REQ_ID_MAX){
 			cJSON_AddStringToObject(reply, "req_id", id->valuestring);
-		}else if(cJSON_IsNumber(id) && id->valuedouble == (double)(int64_t)id->valuedouble){
+		}else if(cJSON_IsNumber(id) && id->valuedouble >= -0x1p63 && id->valuedouble < 0x1p63   /* cast defined */
+				&& id->valuedouble == (double)(int64_t)id->valuedouble){
 			cJSON_AddNumberToObject(reply, "req_id", id->valuedouble);
 		}else{
 			rc = chat__fail(e, CHAT_E_INVALID_FIELD, "'req_id' must be a string of at most %d characters or an integer",

@@ -11,7 +11,8 @@ APT_PKGS=(build-essential cmake ninja-build pkg-config
 	liblmdb-dev lmdb-utils libcjson-dev uthash-dev
 	libcurl4-openssl-dev libssl-dev openssl valgrind
 	nodejs chromium
-	strace)   # strace: bench/pages_per_commit.sh
+	strace    # bench/pages_per_commit.sh
+	clang-14 libclang-rt-14-dev)   # scripts/fuzz.sh: clang + libFuzzer/ASan/UBSan runtimes (libclang_rt.*)
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi

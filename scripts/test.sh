@@ -11,6 +11,8 @@
 #     tests/clients: the example clients and the
 #     operator stats against real brokers (about 1 minute).
 #  5. runs the benchmark's smoke run (plain mosquitto vs the plugin, tiny sizes).
+#  6. fuzzes every parser of client input, 15 s per target (scripts/fuzz.sh,
+#     12 targets, ~4-5 minutes with the clang build); CHAT_FUZZ_SECONDS changes it, 0 skips it.
 # CHAT_SANITIZE=valgrind runs the brokers under valgrind instead (slower);
 # CHAT_SANITIZE=none runs the plain build.
 set -euo pipefail
@@ -42,3 +44,10 @@ echo "==> benchmark smoke run"
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build
 python3 bench/run.py --smoke --workdir "${TMPDIR:-/tmp}" --results "$(mktemp -d)"
+
+# Bounded fuzzing: the saved crashes in fuzz/regressions/ first, then every
+# libFuzzer target for CHAT_FUZZ_SECONDS (fuzz/README.md).
+if [ "${CHAT_FUZZ_SECONDS:-15}" != 0 ]; then
+	echo "==> fuzzing (${CHAT_FUZZ_SECONDS:-15} s per target)"
+	scripts/fuzz.sh "${CHAT_FUZZ_SECONDS:-15}"
+fi

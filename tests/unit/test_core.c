@@ -241,6 +241,17 @@ int main(void)
 	r = req("zed", "{\"op\":\"nope\"}");
 	CHECK_EQ_STR(err_code(r), "unknown_op");
 	cJSON_Delete(r);
+	/* found by fuzzing: an op past 32 characters crashed, 1e999 was cast to int64_t */
+	r = req("zed", "{\"op\":\"receiptsFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF\"}");
+	CHECK_EQ_STR(err_code(r), "unknown_op");
+	CHECK(!cJSON_GetObjectItem(r, "op"));
+	cJSON_Delete(r);
+	r = req("zed", "{\"op\":\"conv.list\",\"req_id\":1e999}");
+	CHECK_EQ_STR(err_code(r), "invalid_field");
+	cJSON_Delete(r);
+	r = req("alice", "{\"op\":\"history\",\"conv\":\"x\",\"limit\":1e999}");
+	CHECK_EQ_STR(err_code(r), "invalid_field");
+	cJSON_Delete(r);
 	r = req("zed", "{\"op\":\"conv.list\",\"extra\":1}");
 	CHECK_EQ_STR(err_code(r), "unknown_field");
 	cJSON_Delete(r);
