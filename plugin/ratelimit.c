@@ -59,14 +59,17 @@ struct rate_conn {
 	const void *conn;                     /* the broker's connection (key) */
 	char user[CHAT_ID_MAX + 1];
 	unsigned refused[CHAT_RATE_KINDS];    /* refusals in a row, by kind */
+	bool accepted;                        /* had a publish accepted while its user was on probation */
 	UT_hash_handle hh;
 };
 
 #define KICK_LOG_EVERY_MS 60000u
+#define PROBATION_MS 60000u
 
 struct rate_kick_log {
 	char user[CHAT_ID_MAX + 1];
-	uint64_t logged_ms;                   /* when a kick of this user was last logged */
+	uint64_t kicked_ms;                   /* when a connection of this user was last dropped */
+	uint64_t logged_ms;                   /* when a kick of this user was last logged (0: never) */
 	unsigned unlogged;                    /* kicks since, not logged */
 	UT_hash_handle hh;
 };
@@ -168,13 +171,38 @@ static void conn_drop(struct chat *chat, struct rate_conn *c)
 	free(c);
 }
 
-/* A publish of kind from conn took a token: its run of that kind ends. */
-static void conn_accepted(struct chat *chat, const void *conn, enum chat_rate kind)
+static struct rate_conn *conn_get(struct chat *chat, const void *conn, const char *user)
 {
 	struct rate_conn *c = conn_find(chat, conn);
 
+	if(c || !(c = calloc(1, sizeof(*c)))) return c;
+	c->conn = conn;
+	snprintf(c->user, sizeof(c->user), "%s", user);
+	HASH_ADD_PTR(chat->rate_conns, conn, c);
+	return c;
+}
+
+/* Was a connection of user dropped in the last PROBATION_MS? */
+static bool on_probation(struct chat *chat, const char *user, uint64_t now)
+{
+	struct rate_kick_log *l = NULL;
+
+	if(!chat->rate_kick_logs) return false;
+	HASH_FIND_STR(chat->rate_kick_logs, user, l);
+	return l && now >= l->kicked_ms && now - l->kicked_ms < PROBATION_MS;
+}
+
+/* A publish of kind from conn took a token: its run of that kind ends. On
+ * probation the connection is remembered as one that got something through. */
+static void conn_accepted(struct chat *chat, const void *conn, const char *user, enum chat_rate kind, uint64_t now)
+{
+	struct rate_conn *c = conn_find(chat, conn);
+	bool probation = on_probation(chat, user, now);
+
+	if(probation && chat->cfg.rate_disconnect_after && conn && (c = conn_get(chat, conn, user))) c->accepted = true;
 	if(!c) return;
 	c->refused[kind] = 0;
+	if(probation && c->accepted) return;   /* kept while the probation lasts */
 	for(int k = 0; k < CHAT_RATE_KINDS; k++){
 		if(c->refused[k]) return;
 	}
@@ -184,15 +212,9 @@ static void conn_accepted(struct chat *chat, const void *conn, enum chat_rate ki
 /* A publish of kind from conn was refused. Out of memory: not counted. */
 static void conn_refused(struct chat *chat, const void *conn, const char *user, enum chat_rate kind)
 {
-	struct rate_conn *c = conn_find(chat, conn);
+	struct rate_conn *c;
 
-	if(!chat->cfg.rate_disconnect_after || !conn) return;
-	if(!c){
-		if(!(c = calloc(1, sizeof(*c)))) return;
-		c->conn = conn;
-		snprintf(c->user, sizeof(c->user), "%s", user);
-		HASH_ADD_PTR(chat->rate_conns, conn, c);
-	}
+	if(!chat->cfg.rate_disconnect_after || !conn || !(c = conn_get(chat, conn, user))) return;
 	if(c->refused[kind] < UINT32_MAX) c->refused[kind]++;
 }
 
@@ -212,10 +234,24 @@ static unsigned conn_run(const struct rate_conn *c, enum chat_rate *kind)
 bool ratelimit__kick(struct chat *chat, const struct chat_client *cl)
 {
 	struct rate_conn *c = conn_find(chat, cl->conn);
+	struct rate_kick_log *l;
 	enum chat_rate kind = CHAT_RATE_SEND;
+	uint64_t now = chat->now_ms();
+	unsigned limit = chat->cfg.rate_disconnect_after;
 
-	if(!c || !chat->cfg.rate_disconnect_after || conn_run(c, &kind) <= chat->cfg.rate_disconnect_after) return false;
+	if(!c || !limit) return false;
+	/* a user whose connection was dropped lately: a connection of theirs
+	 * that never got anything through goes at its first refusal (a flooder
+	 * reconnecting at once), one that did has the usual allowance */
+	if(!c->accepted && on_probation(chat, c->user, now)) limit = 0;
+	if(conn_run(c, &kind) <= limit) return false;
 	chat->stats.kicked++;
+	HASH_FIND_STR(chat->rate_kick_logs, c->user, l);
+	if(!l && (l = calloc(1, sizeof(*l)))){
+		memcpy(l->user, c->user, sizeof(l->user));
+		HASH_ADD_STR(chat->rate_kick_logs, user, l);
+	}
+	if(l) l->kicked_ms = now;
 	return true;
 }
 
@@ -226,26 +262,25 @@ bool ratelimit__kick_note(struct chat *chat, const struct chat_client *cl, char 
 	enum chat_rate kind = CHAT_RATE_SEND;
 	uint64_t now = chat->now_ms();
 	unsigned run, unlogged;
+	bool probation = false;
 	int n;
 
 	if(!c) return false;
 	run = conn_run(c, &kind);
+	if(!c->accepted && run <= chat->cfg.rate_disconnect_after) probation = true;
 	HASH_FIND_STR(chat->rate_kick_logs, c->user, l);
-	if(l && now - l->logged_ms < KICK_LOG_EVERY_MS){
+	if(!l) return false;   /* out of memory in ratelimit__kick */
+	if(l->logged_ms && now >= l->logged_ms && now - l->logged_ms < KICK_LOG_EVERY_MS){
 		l->unlogged++;
 		return false;
-	}
-	if(!l){
-		if(!(l = calloc(1, sizeof(*l)))) return false;
-		memcpy(l->user, c->user, sizeof(l->user));
-		HASH_ADD_STR(chat->rate_kick_logs, user, l);
 	}
 	unlogged = l->unlogged;
 	l->logged_ms = now;
 	l->unlogged = 0;
 	n = snprintf(line, size, "disconnected client '%.64s' of user '%s': %u %s publishes refused in a row "
-			"(rate_limited; plugin_opt_rate_disconnect_after %u)", cl->client_id ? cl->client_id : "", c->user, run,
-			kind_names[kind], chat->cfg.rate_disconnect_after);
+			"(rate_limited; plugin_opt_rate_disconnect_after %u%s)", cl->client_id ? cl->client_id : "", c->user, run,
+			kind_names[kind], chat->cfg.rate_disconnect_after,
+			probation ? "; a connection of this user was dropped in the last minute and this one got nothing through" : "");
 	if(unlogged && n > 0 && (size_t)n < size){
 		snprintf(line + n, size - (size_t)n, "; %u more kick(s) of this user in the last minute not logged", unlogged);
 	}
@@ -271,7 +306,7 @@ enum chat_err ratelimit__take(struct chat *chat, const struct chat_client *cl, e
 	if(!rate || !cl->username) return CHAT_E_OK;
 	u = user_get(chat, cl->username, chat->now_ms());
 	if(!u || ratelimit__take_one(&u->milli[kind], rate, &retry)){
-		conn_accepted(chat, cl->conn, kind);
+		if(chat->rate_conns || chat->rate_kick_logs) conn_accepted(chat, cl->conn, cl->username, kind, chat->now_ms());
 		return CHAT_E_OK;
 	}
 	conn_refused(chat, cl->conn, cl->username, kind);
@@ -322,7 +357,8 @@ void ratelimit__sweep(struct chat *chat, uint64_t now)
 	if((!chat->rate_users && !chat->rate_kick_logs) || now - chat->rate_swept_ms < SWEEP_EVERY_MS) return;
 	chat->rate_swept_ms = now;
 	HASH_ITER(hh, chat->rate_kick_logs, l, ltmp){
-		if(now - l->logged_ms >= KICK_LOG_EVERY_MS || now < l->logged_ms){
+		if((now - l->logged_ms >= KICK_LOG_EVERY_MS && now - l->kicked_ms >= PROBATION_MS)
+				|| now < l->logged_ms || now < l->kicked_ms){
 			HASH_DEL(chat->rate_kick_logs, l);
 			free(l);
 		}

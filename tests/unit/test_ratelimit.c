@@ -133,6 +133,32 @@ static void kicks(void)
 	CHECK_EQ_INT(pub("alice", 0, t_send, "{\"cmid\":\"k1\",\"body\":\"x\"}", "/event", &r), CHAT_DISCONNECT);
 	CHECK(r == NULL);
 	CHECK_EQ_INT(chat->stats.kicked, 1);
+	/* probation: for a minute, a connection of alice that got nothing
+	 * through goes at its first refusal (a flooder reconnecting at once)... */
+	CHECK_EQ_INT(pub("alice", 4, t_send, "{\"cmid\":\"k1\",\"body\":\"x\"}", "/event", &r), CHAT_DISCONNECT);
+	CHECK(r == NULL);
+	CHECK_EQ_INT(chat->stats.kicked, 2);
+	/* ...one that did has the usual allowance */
+	fake_now += 100;
+	CHECK_EQ_INT(pub("alice", 5, t_send, "{\"cmid\":\"k1\",\"body\":\"x\"}", "/m", &r), CHAT_CONSUMED);
+	cJSON_Delete(r);
+	for(int i = 1; i <= 3; i++){
+		CHECK_EQ_INT(pub("alice", 5, t_send, "{\"cmid\":\"k1\",\"body\":\"x\"}", "/event", &r), CHAT_REFUSED);
+		cJSON_Delete(r);
+	}
+	CHECK_EQ_INT(pub("alice", 5, t_send, "{\"cmid\":\"k1\",\"body\":\"x\"}", "/event", &r), CHAT_DISCONNECT);
+	cJSON_Delete(r);
+	/* other users are on no probation (bob's first takes the token of the 100 ms) */
+	pub("bob", 2, t_send, "{\"cmid\":\"b2\",\"body\":\"x\"}", "/m", &r);
+	cJSON_Delete(r);
+	CHECK_EQ_INT(pub("bob", 2, t_send, "{\"cmid\":\"b2\",\"body\":\"x\"}", "/event", &r), CHAT_REFUSED);
+	cJSON_Delete(r);
+	CHECK_EQ_INT(chat->stats.kicked, 3);
+	outbox__init(&out);
+	chat__disconnect(chat, &conns[4], &out);
+	chat__disconnect(chat, &conns[5], &out);
+	chat__disconnect(chat, &conns[2], &out);
+	outbox__clear(&out);
 	/* the log line: once per user per minute, then with the kicks not logged */
 	CHECK(ratelimit__kick_note(chat, &c0, line, sizeof(line)));
 	CHECK(strstr(line, "'alice-phone'") && strstr(line, "'alice'") && strstr(line, "4 send publishes"));
@@ -183,7 +209,7 @@ static void kicks(void)
 	}
 	CHECK(r == NULL);
 	CHECK_EQ_INT(refused, 3);
-	CHECK_EQ_INT(chat->stats.kicked, 2);
+	CHECK_EQ_INT(chat->stats.kicked, 4);
 	outbox__init(&out);
 	chat__disconnect(chat, &conns[0], &out);
 	outbox__clear(&out);
