@@ -35,6 +35,13 @@
  * faster than rate_disconnect_after × rate_X a second (1,000 sends/s by
  * default). Only connections inside a run cost memory (~150 bytes each),
  * forgotten at their first accepted publish or when they disconnect.
+ *
+ * Probation. A flooder that reconnects at once would be refused another
+ * rate_disconnect_after times per connection: no cheaper than never dropping
+ * it. So for PROBATION_MS after a kick, a connection of that user that has
+ * had nothing accepted since is dropped at its first refusal; one that got
+ * something through keeps the usual allowance (and is remembered as such
+ * while the probation lasts).
  */
 #define _GNU_SOURCE   /* memmem */
 #include <stdio.h>
