@@ -26,6 +26,9 @@
  *            with a receiver of its own: with the plugin's rate limits most
  *            of it is refused (rate_limited); the quiet senders' latency is
  *            what the flood workload of run.py compares with and without.
+ *            A flooder the broker disconnects (plugin_opt_rate_disconnect_after)
+ *            reconnects at once with a fresh client, as an attacker would,
+ *            and floods on; the kicks are counted.
  *   fanout   one --members group (500), every member online (500 receiver
  *            connections: the sender's own second device and the 499 others),
  *            one sender; closed loop (or --rate), deliveries/s and the latency
@@ -375,6 +378,7 @@ struct conn {
 	size_t bl_head, bl_len, bl_cap;
 	uint32_t *mid2g;
 	bool flooder;           /* one2one --flooders: sends flat out, counts refusals */
+	bool reconnect_due;     /* a flooder the broker dropped: reconnect from the loop */
 
 	/* storm / history */
 	int conv;               /* the client's conversation (storm) */
@@ -470,6 +474,8 @@ static void conn_read(struct conn *c)
 /* Called between events: the open-loop schedule is served even while a
  * large batch of reads is handled. */
 static void (*between_events)(void);
+static void flood_reconnect_due(void);
+static bool flood_reconnects;   /* some flooder waits to reconnect */
 
 static void loop_once(uint64_t timeout_ns)
 {
@@ -489,6 +495,10 @@ static void loop_once(uint64_t timeout_ns)
 		if(between_events) between_events();
 	}
 	flush_dirty();
+	if(flood_reconnects){
+		flood_reconnect_due();
+		flush_dirty();
+	}
 	now = now_ns();
 	if(now - last_misc > NS){
 		last_misc = now;
@@ -544,14 +554,19 @@ static void cb_connect(struct mosquitto *m, void *obj, int rc)
 	mark_dirty(c);
 }
 
+static void flood_dropped(struct conn *c, bool was_up);
+
 static void cb_disconnect(struct mosquitto *m, void *obj, int rc)
 {
 	struct conn *c = obj;
+	if(c->flooder && !c->expect_disc){
+		flood_dropped(c, !c->connecting);
+	}
 	if(c->connecting){
 		c->connecting = false;
 		connects_pending--;
 		E.connect_failures++;
-	}else if(!c->expect_disc){
+	}else if(!c->expect_disc && !c->flooder){
 		E.unexpected_disconnects++;
 		if(E.unexpected_disconnects < 5) fprintf(stderr, "chatbench: %s disconnected: %s\n", c->cid, mosquitto_strerror(rc));
 	}
@@ -996,6 +1011,7 @@ static void fill_window(struct conn *c)
 static struct {
 	int conv;               /* its conversation (index in V), -1 if none */
 	uint64_t sent, acked, refused, delivered, n;
+	uint64_t kicked, reconnects;   /* dropped by the broker while up; reconnects started */
 } FL = {.conv = -1};
 
 static bool in_window(uint64_t t)
@@ -1040,6 +1056,45 @@ static void flood_puback(struct conn *c)
 static void flood_refused(void)
 {
 	if(in_window(now_ns())) FL.refused++;
+}
+
+/* The broker dropped a flooder (or refused its connection): what it had in
+ * flight is lost, and the loop reconnects it at once while the flood goes on.
+ * libmosquitto keeps unacked QoS 1 messages for a resend that, with no
+ * in-flight limit, never comes: hence a fresh client each time. */
+static void flood_dropped(struct conn *c, bool was_up)
+{
+	if(was_up && in_window(now_ns())) FL.kicked++;
+	c->inflight = 0;
+	if(sending){
+		c->reconnect_due = true;
+		flood_reconnects = true;
+	}
+}
+
+static void flood_reconnect_due(void)
+{
+	flood_reconnects = false;
+	for(int i = 0; i < NC; i++){
+		struct conn *c = &C[i];
+		char user[sizeof(c->user)], cid[sizeof(c->cid)];
+		if(!c->flooder || !c->reconnect_due) continue;
+		memcpy(user, c->user, sizeof(user));
+		memcpy(cid, c->cid, sizeof(cid));
+		mosquitto_destroy(c->m);
+		conn_init(c, i, user, cid, true);
+		c->flooder = true;
+		if(in_window(now_ns())) FL.reconnects++;
+		conn_start(c, true);
+	}
+}
+
+/* A flooder is (again) connected: its events, then flat out. */
+static void flood_connected(struct conn *c)
+{
+	if(!sending) return;
+	if(O.target == T_PLUGIN) subscribe_own(c);
+	flood_fill(c);
 }
 
 static void complete(uint64_t g)
@@ -1307,8 +1362,9 @@ static void traffic_run(void)
 	}
 	if(O.flooders > 0){
 		J(",\"flood\":{\"connections\":%d,\"window\":%d,\"sent_s\":%.1f,\"acked_s\":%.1f,\"refused_s\":%.1f"
-				",\"delivered_s\":%.1f}", O.flooders, O.flood_window, FL.sent / secs, FL.acked / secs,
-				FL.refused / secs, FL.delivered / secs);
+				",\"delivered_s\":%.1f,\"kicked\":%" PRIu64 ",\"kicked_s\":%.1f,\"reconnects\":%" PRIu64 "}",
+				O.flooders, O.flood_window, FL.sent / secs, FL.acked / secs, FL.refused / secs, FL.delivered / secs,
+				FL.kicked, FL.kicked / secs, FL.reconnects);
 	}
 	J_hist("e2e_us", &h_e2e);
 	if(need > 1) J_hist("e2e_last_us", &h_last);
@@ -1610,6 +1666,10 @@ static void storm_mark_synced(struct conn *c)
 
 static void on_connected(struct conn *c)
 {
+	if(c->flooder){
+		flood_connected(c);
+		return;
+	}
 	if(O.workload != W_STORM || storm_phase != 3 || c->idx == 0) return;
 	hist_add(&h_connack, c->t_connack - storm_t0);
 	if(O.target == T_PLUGIN){

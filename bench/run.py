@@ -509,6 +509,10 @@ def run_all(R, P, only):
                 flood_run(R, t, rep, quiet, flood, "flood-flooded", P["flooders"])
             log(f"flood: quiet 1:1 + flood, rate limits off (rate_send 0) plugin-off {rep + 1}/{P['repeat']}")
             flood_run(R, "plugin-off", rep, quiet, flood, "flood-nolimit", P["flooders"], plugin_opts=["rate_send=0"])
+            log(f"flood: quiet 1:1 + flood, never disconnected (rate_disconnect_after 0) plugin-off "
+                f"{rep + 1}/{P['repeat']}")
+            flood_run(R, "plugin-off", rep, quiet, flood, "flood-nokick", P["flooders"],
+                      plugin_opts=["rate_disconnect_after=0"])
 
     if "fanout" in only:
         for rep in range(P["repeat"]):
@@ -664,6 +668,9 @@ def figures(records, P):
             targets=fl_targets, role="flooder", note="plugin: rate_send 10/s, bursts of 30 (defaults)")
         row("flood", "flooder: refused (rate_limited)/s", "/s", "flood-flooded", lambda r: g(r, "flood", "refused_s"),
             targets=fl_targets, role="flooder")
+        row("flood", "flooder: connections dropped/s (it reconnects at once)", "/s", "flood-flooded",
+            lambda r: g(r, "flood", "kicked_s"), targets=fl_targets, role="flooder",
+            note="plugin: rate_disconnect_after 100 (default)")
         row("flood", "broker CPU while flooded", "%", "flood-flooded", lambda r: g(r, "broker", "cpu_pct"),
             targets=fl_targets, role="quiet")
         for q in ("p50", "p99"):
@@ -671,6 +678,11 @@ def figures(records, P):
                 lambda r, q=q: g(r, "e2e_us", q), targets=["plugin-off"], role="quiet")
         row("flood", "rate limits off: flooder messages stored and delivered/s", "/s", "flood-nolimit",
             lambda r: g(r, "flood", "delivered_s"), targets=["plugin-off"], role="flooder")
+        for q in ("p50", "p99"):
+            row("flood", f"same flood, never disconnected (rate_disconnect_after 0): e2e {q}", "µs", "flood-nokick",
+                lambda r, q=q: g(r, "e2e_us", q), targets=["plugin-off"], role="quiet")
+        row("flood", "never disconnected: flooder sends offered/s", "/s", "flood-nokick",
+            lambda r: g(r, "flood", "sent_s"), targets=["plugin-off"], role="flooder")
 
     row("fan-out", f"{P['members']} members: deliveries/s (closed loop)", "/s", "fanout", lambda r: r["deliveries_s"])
     row("fan-out", "latency to last recipient p50", "µs", "fanout", lambda r: g(r, "e2e_last_us", "p50"))

@@ -54,28 +54,23 @@ void chat__close(struct chat *chat)
 	free(chat);
 }
 
-enum chat_verdict chat__handle_publish(struct chat *chat, const struct chat_client *cl, const char *topic,
+/* The room that handles one inbound publish of a valid user. */
+static enum chat_verdict dispatch(struct chat *chat, const struct chat_client *cl, const struct topic_ref *ref,
 		const void *payload, size_t len, struct chat_outbox *out, struct chat_rewrite *rw)
 {
-	struct topic_ref ref;
 	struct chat_error e;
 
-	topic__parse(&chat->cfg, topic, &ref, NULL);
-	if(ref.kind == TOPIC_OUTSIDE) return CHAT_PASS;
-	if(!cl->username || !json__valid_id(cl->username, strlen(cl->username))) return CHAT_REFUSED;
-	if(ref.kind != TOPIC_PRESENCE) presence__track(chat, cl->conn, cl->username);
-
-	switch(ref.kind){
+	switch(ref->kind){
 		case TOPIC_SEND:
-			return message__send(chat, cl, &ref, payload, len, out);
+			return message__send(chat, cl, ref, payload, len, out);
 		case TOPIC_REQ:
 			return request__handle(chat, cl, payload, len, out);
 		case TOPIC_TYPING:
-			return typing__handle(chat, cl, &ref, payload, len, out);
+			return typing__handle(chat, cl, ref, payload, len, out);
 		case TOPIC_RECEIPT:
-			return receipt__handle(chat, cl, &ref, payload, len, out);
+			return receipt__handle(chat, cl, ref, payload, len, out);
 		case TOPIC_PRESENCE:
-			return presence__handle(chat, cl, &ref, payload, len, out, rw);
+			return presence__handle(chat, cl, ref, payload, len, out, rw);
 		case TOPIC_PUSH_ACK:
 			return push__ack(chat, cl, payload, len);
 		case TOPIC_PUSH_STATUS:
@@ -83,8 +78,33 @@ enum chat_verdict chat__handle_publish(struct chat *chat, const struct chat_clie
 		default:
 			/* the write ACL already refuses these; never let one through */
 			chat__fail(&e, CHAT_E_NOT_SUPPORTED, "nothing is served on this topic");
-			return message__refuse(chat, cl, &ref, NULL, &e, out);
+			return message__refuse(chat, cl, ref, NULL, &e, out);
 	}
+}
+
+enum chat_verdict chat__handle_publish(struct chat *chat, const struct chat_client *cl, const char *topic,
+		const void *payload, size_t len, struct chat_outbox *out, struct chat_rewrite *rw)
+{
+	struct topic_ref ref;
+	enum chat_verdict v;
+
+	topic__parse(&chat->cfg, topic, &ref, NULL);
+	if(ref.kind == TOPIC_OUTSIDE) return CHAT_PASS;
+	if(!cl->username || !json__valid_id(cl->username, strlen(cl->username))) return CHAT_REFUSED;
+	if(ref.kind != TOPIC_PRESENCE) presence__track(chat, cl->conn, cl->username);
+
+	v = dispatch(chat, cl, &ref, payload, len, out, rw);
+	/* refused too often in a row: this publish was refused too, and rather
+	 * than answer it the connection goes (its answer is not needed) */
+	if(chat->rate_conns && ratelimit__kick(chat, cl)){
+		outbox__clear(out);
+		if(v == CHAT_REWRITE){
+			free(rw->payload);
+			rw->payload = NULL;
+		}
+		return CHAT_DISCONNECT;
+	}
+	return v;
 }
 
 void chat__tick(struct chat *chat, struct chat_outbox *out)
@@ -99,4 +119,5 @@ void chat__tick(struct chat *chat, struct chat_outbox *out)
 void chat__disconnect(struct chat *chat, const void *conn, struct chat_outbox *out)
 {
 	presence__disconnect(chat, conn, out);
+	ratelimit__forget(chat, conn);
 }

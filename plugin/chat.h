@@ -71,6 +71,7 @@ struct chat_config {
 	unsigned max_name;             /* group name, bytes of UTF-8 (<= CHAT_NAME_MAX) */
 	unsigned rate[CHAT_RATE_KINDS];              /* ratelimit.c: tokens per second per user, by enum chat_rate; 0 = unlimited */
 	unsigned rate_burst[CHAT_RATE_KINDS];        /* ratelimit.c: bucket size, by enum chat_rate */
+	unsigned rate_disconnect_after;  /* ratelimit.c: refusals in a row of one kind that drop a connection; 0 = never */
 };
 
 void config__defaults(struct chat_config *cfg);
@@ -241,6 +242,7 @@ struct chat_stats {
 	uint64_t refused[CHAT_STATS_CODES];  /* refused publishes (send_failed), by code */
 	uint64_t request_errors[CHAT_STATS_CODES]; /* {"ok":false} replies, by code */
 	uint64_t prev_stored, prev_requests, prev_history; /* at last_ms, for the rates */
+	uint64_t kicked;                     /* connections dropped for publishing on while refused */
 };
 
 struct chat;
@@ -260,6 +262,8 @@ struct device_user;
 struct offline_pending;
 struct typing_entry;
 struct rate_user;
+struct rate_conn;
+struct rate_kick_log;
 
 struct chat {
 	struct chat_config cfg;
@@ -278,6 +282,8 @@ struct chat {
 	struct typing_entry *typing;     /* typing.c: who is typing where */
 	struct rate_user *rate_users;    /* ratelimit.c: token buckets of users seen lately */
 	uint64_t rate_swept_ms;          /* ratelimit.c: last sweep of idle full buckets */
+	struct rate_conn *rate_conns;    /* ratelimit.c: connections in a run of refusals */
+	struct rate_kick_log *rate_kick_logs; /* ratelimit.c: users whose kick was logged in the last minute */
 	bool push_resend_all;            /* push.c: re-publish every job (at start) */
 	uint64_t push_delivered, push_failed, push_unregistered;
 	struct chat_stats stats;         /* stats.c */
@@ -299,6 +305,7 @@ enum chat_verdict {
 	CHAT_REFUSED,       /* refuse the publish (MQTT 5: PUBACK 0x87) */
 	CHAT_STORE_FAILED,  /* commit failed: no PUBACK, drop the connection */
 	CHAT_REWRITE,       /* route it with the payload (and retain flag) in chat_rewrite */
+	CHAT_DISCONNECT,    /* a persistent flooder: no ack, drop the connection (ratelimit.c) */
 };
 
 struct chat_rewrite {
@@ -451,15 +458,25 @@ const char *ratelimit__kind_name(enum chat_rate kind);
 uint64_t ratelimit__refill(uint64_t milli, unsigned rate, unsigned burst, uint64_t elapsed_ms);
 /* Takes one token: true, or false with *retry_ms = ms until one is due. */
 bool ratelimit__take_one(uint64_t *milli, unsigned rate, uint32_t *retry_ms);
-/* Takes a token of kind from user's bucket at chat->now_ms(). Returns
- * CHAT_E_OK or CHAT_E_RATE_LIMITED with e filled (retry_after_ms set).
- * Decided before anything is parsed or stored. */
-enum chat_err ratelimit__take(struct chat *chat, const char *user, enum chat_rate kind, struct chat_error *e);
+/* Takes a token of kind from the bucket of cl's user at chat->now_ms().
+ * Returns CHAT_E_OK or CHAT_E_RATE_LIMITED with e filled (retry_after_ms
+ * set), and counts the refusal against cl's connection (a token taken ends
+ * its run). Decided before anything is parsed or stored. */
+enum chat_err ratelimit__take(struct chat *chat, const struct chat_client *cl, enum chat_rate kind, struct chat_error *e);
 /* A send refused by ratelimit__take: the send_failed event, with the
  * payload's cmid echoed when it has one. Returns CHAT_REFUSED. */
 enum chat_verdict ratelimit__refuse_send(struct chat *chat, const struct chat_client *cl, const struct topic_ref *ref,
 		const void *payload, size_t len, const struct chat_error *e, struct chat_outbox *out);
-/* Forgets users whose buckets are all full again (at most once a second). */
+/* Has cl's connection been refused more than rate_disconnect_after times in
+ * a row for one kind? Then it is to be dropped (counted in the stats). */
+bool ratelimit__kick(struct chat *chat, const struct chat_client *cl);
+/* A kicked connection: true with a log line in line when none was logged
+ * for its user in the last minute; false (counted) otherwise. */
+bool ratelimit__kick_note(struct chat *chat, const struct chat_client *cl, char *line, size_t size);
+/* conn is gone: forget its run of refusals. */
+void ratelimit__forget(struct chat *chat, const void *conn);
+/* Forgets users whose buckets are all full again and kick notes older than
+ * a minute (at most once a second). */
 void ratelimit__sweep(struct chat *chat, uint64_t now);
 size_t ratelimit__tracked(const struct chat *chat);
 void ratelimit__free(struct chat *chat);

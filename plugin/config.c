@@ -47,6 +47,7 @@ void config__defaults(struct chat_config *cfg)
 	cfg->rate_burst[CHAT_RATE_RECEIPT] = 100;
 	cfg->rate[CHAT_RATE_TYPING] = 5;
 	cfg->rate_burst[CHAT_RATE_TYPING] = 10;
+	cfg->rate_disconnect_after = 100;   /* refusals in a row that drop a connection */
 }
 
 void config__free(struct chat_config *cfg)
@@ -243,6 +244,8 @@ int config__set(struct chat_config *cfg, const char *key, const char *value, cha
 		return set_uint(&cfg->max_conversations_per_user, key, value, 1, 10000000, err, errlen);
 	}else if(!strcasecmp(key, "max_name")){
 		return set_uint(&cfg->max_name, key, value, 1, CHAT_NAME_MAX, err, errlen);
+	}else if(!strcasecmp(key, "rate_disconnect_after")){
+		return set_uint(&cfg->rate_disconnect_after, key, value, 0, 1000000, err, errlen);
 	}
 	for(int k = 0; k < CHAT_RATE_KINDS; k++){   /* rate_<kind> (0: unlimited), rate_<kind>_burst */
 		char name[48];

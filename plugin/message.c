@@ -276,7 +276,7 @@ enum chat_verdict message__send(struct chat *chat, const struct chat_client *cl,
 	uint64_t seq;
 	enum chat_verdict v = CHAT_REFUSED;
 
-	if(ratelimit__take(chat, cl->username, CHAT_RATE_SEND, &e)){   /* before anything is read or stored */
+	if(ratelimit__take(chat, cl, CHAT_RATE_SEND, &e)){   /* before anything is read or stored */
 		return ratelimit__refuse_send(chat, cl, ref, payload, len, &e, out);
 	}
 	if(ref->id_valid && send__fast(chat, payload, len, &r, scratch)){

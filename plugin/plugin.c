@@ -181,6 +181,16 @@ static int message_cb(int event, void *event_data, void *userdata)
 		}
 		case CHAT_REFUSED:
 			return MOSQ_ERR_ACL_DENIED;
+		case CHAT_DISCONNECT: {
+			/* mosquitto closes the connection on any error but ACL_DENIED,
+			 * without a PUBACK; this one logs "disconnected by
+			 * administrative action" */
+			char line[400];
+			if(ratelimit__kick_note(pl->chat, &cl, line, sizeof(line))){
+				mosquitto_log_printf(MOSQ_LOG_WARNING, LOG_PREFIX "%s", line);
+			}
+			return MOSQ_ERR_ADMINISTRATIVE_ACTION;
+		}
 		case CHAT_STORE_FAILED:
 		default:
 			mosquitto_log_printf(MOSQ_LOG_ERR, LOG_PREFIX "could not store a publish from %s on %s: %s; "

@@ -239,7 +239,7 @@ enum chat_verdict presence__handle(struct chat *chat, const struct chat_client *
 		goto refused;
 	}
 	/* each accepted state is retained and fanned out to every watcher: it draws on the request bucket */
-	if(ratelimit__take(chat, cl->username, CHAT_RATE_REQUEST, &e)) goto refused;
+	if(ratelimit__take(chat, cl, CHAT_RATE_REQUEST, &e)) goto refused;
 	if(json__parse_object(payload, len, chat->cfg.max_payload, &root, &e) || json__only_fields(root, fields, &e)){
 		goto refused;
 	}

@@ -75,7 +75,7 @@ enum chat_verdict receipt__handle(struct chat *chat, const struct chat_client *c
 	size_t members;
 	enum chat_verdict v;
 
-	if(ratelimit__take(chat, cl->username, CHAT_RATE_RECEIPT, &e)) return message__refuse(chat, cl, ref, NULL, &e, out);
+	if(ratelimit__take(chat, cl, CHAT_RATE_RECEIPT, &e)) return message__refuse(chat, cl, ref, NULL, &e, out);
 	if(json__parse_object(payload, len, chat->cfg.max_payload, &root, &e)) goto refused;
 	if(!ref->id_valid){
 		chat__fail(&e, CHAT_E_INVALID_ID, "the conversation id in the topic is not a valid id");

@@ -122,7 +122,7 @@ enum chat_verdict request__handle(struct chat *chat, const struct chat_client *c
 	const char *op_name = NULL;
 	cJSON *req = NULL, *reply = NULL, *result = NULL, *it;
 	enum chat_err rc;
-	enum chat_err limited = ratelimit__take(chat, cl->username, CHAT_RATE_REQUEST, &e);   /* before anything is run */
+	enum chat_err limited = ratelimit__take(chat, cl, CHAT_RATE_REQUEST, &e);   /* before anything is run */
 
 	if(!topic__build(topic, sizeof(topic), &chat->cfg, "u", cl->username, "reply")) return CHAT_REFUSED;
 	chat->stats.requests++;

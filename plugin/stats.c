@@ -156,6 +156,7 @@ static cJSON *stats__build(struct chat *chat, uint64_t now, uint64_t dt_ms)
 			|| !add_item(o, "history_requests", counter(st->history_requests, st->prev_history, dt_ms))
 			|| !add_codes(o, "refusals", st->refused)
 			|| !add_codes(o, "request_errors", st->request_errors)
+			|| !cJSON_AddNumberToObject(o, "kicked", (double)st->kicked)
 			|| !add_item(o, "store", store_part(chat))){
 		cJSON_Delete(o);
 		return NULL;

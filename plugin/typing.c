@@ -74,7 +74,7 @@ enum chat_verdict typing__handle(struct chat *chat, const struct chat_client *cl
 	bool typing;
 	uint64_t now;
 
-	if(ratelimit__take(chat, cl->username, CHAT_RATE_TYPING, &e)) return CHAT_CONSUMED;   /* over the limit: dropped */
+	if(ratelimit__take(chat, cl, CHAT_RATE_TYPING, &e)) return CHAT_CONSUMED;   /* over the limit: dropped */
 	if(json__parse_object(payload, len, chat->cfg.max_payload, &root, &e)) goto refused;
 	if(!ref->id_valid){
 		chat__fail(&e, CHAT_E_INVALID_ID, "the conversation id in the topic is not a valid id");

@@ -73,6 +73,7 @@ def render(stats: dict | None, received: float | None, now: float, stale_factor:
              [({"code": c}, n) for c, n in sorted(stats["refusals"]["by_code"].items())], suffix="_total")
     m.family("chat_request_errors", "counter", "requests answered ok:false, by code",
              [({"code": c}, n) for c, n in sorted(stats["request_errors"]["by_code"].items())], suffix="_total")
+    m.counter("chat_kicked", "connections dropped for publishing on while rate-limited", stats.get("kicked", 0))
     m.gauge("chat_store_file_bytes", "size of the LMDB data file", st["file_bytes"])
     m.gauge("chat_store_disk_bytes", "disk space the LMDB data file uses", st["disk_bytes"])
     m.gauge("chat_store_map_bytes", "LMDB map size (plugin_opt_map_size)", st["map_bytes"])

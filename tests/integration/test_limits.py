@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from helpers import uname
+from helpers import ConnectionLost, uname
 
 RATE_OFF = {f"rate_{k}{b}": None for k in ("send", "request", "receipt", "typing") for b in ("", "_burst")}
 
@@ -343,6 +343,8 @@ def test_push_max_devices_option(make_broker, users):
     ("max_conversations_per_user", "0"),
     ("max_name", "129"),
     ("max_name", "0"),
+    ("rate_disconnect_after", "-1"),
+    ("rate_disconnect_after", "1000001"),
 ])
 def test_bad_limit_option_stops_the_broker(make_broker, option, value):
     br = make_broker(opts={option: value}, start=False)
@@ -358,3 +360,167 @@ def test_rate_zero_is_unlimited(make_broker, users):
     g = alice.create_group("G", [b])
     rcs, _, _ = burst_sends(alice, g, 50)
     assert rcs == [0x10] * 50
+
+
+# --------------------------------------------------------------------------- persistent flooders
+
+KICK = 5   # rate_disconnect_after in these tests
+
+
+def flood(cl, topic: str, payloads: list, qos: int = 1) -> list:
+    """Publishes every payload pipelined, then waits until the broker drops cl; returns the PUBACK reason code of
+    each (None: never acked)."""
+    infos = []
+    for p in payloads:
+        try:
+            infos.append(cl.publish(topic, p, qos=qos, wait=False))
+        except AssertionError:   # paho refuses to publish once the broker has dropped the connection
+            assert cl.disconnected.wait(5), "a publish failed locally with the connection up"
+            break
+    assert cl.disconnected.wait(10), f"{cl.client_id} was not disconnected after {len(payloads)} publishes"
+    with cl._cond:
+        return [cl._acks.get(i.mid) for i in infos] if qos else []
+
+
+def runs_of_refusals(rcs: list) -> list[int]:
+    """Lengths of the runs of 0x87 in the acked prefix of rcs."""
+    runs, n = [], 0
+    for rc in rcs:
+        if rc == 0x87:
+            n += 1
+        elif n:
+            runs.append(n)
+            n = 0
+    return runs + ([n] if n else [])
+
+
+def paced_send(cl, conv: str, cmid: str, body: str) -> int:
+    """A well-behaved client: send, and on rate_limited wait retry_after_ms and send again. Returns how many
+    refusals it took."""
+    refused = 0
+    while True:
+        rc = cl.send(conv, body, cmid=cmid).rc
+        if rc != 0x87:
+            assert rc == 0x10, rc
+            return refused
+        refused += 1
+        ev = cl.expect_event(pred=lambda e: e.get("event") == "send_failed" and e.get("cmid") == cmid)
+        assert ev["code"] == "rate_limited", ev
+        time.sleep(ev["retry_after_ms"] / 1000)
+
+
+def test_a_flooder_is_disconnected_and_can_resend(make_broker, users):
+    """More than rate_disconnect_after refusals in a row drop the connection without an ack for the last publish;
+    the user's other device and other users stay connected; a client that paces itself is never dropped, and
+    everything resent after the reconnect is stored once.
+
+    The flooder here waits for each PUBACK and ignores its code (pipelined publishes are tested below): when the
+    broker closes a socket with publishes still unread, the kernel resets the connection and the client may lose
+    the last PUBACKs, which would make the count below depend on timing."""
+    br = make_broker(opts={"rate_send": 5, "rate_send_burst": 2, "rate_disconnect_after": KICK})
+    a, b = users("alice", "bob")
+    phone = br.client(a)
+    laptop = br.client(a)
+    bob = br.client(b)
+    g = phone.create_group("G", [b])
+    bob.sub_conv(g)
+
+    cmids, rcs = [], []
+    while len(cmids) < 200:
+        cmids.append(f"f{len(cmids)}-{uname('c')}")
+        try:
+            info = phone.publish(f"chat/send/{g}", {"cmid": cmids[-1], "body": "flood"}, wait=False)
+            rcs.append(phone.wait_puback(info))
+        except ConnectionLost:
+            break
+    assert phone.disconnected.is_set(), rcs
+    assert rcs[:2] == [0x10, 0x10] and set(rcs) <= {0x10, 0x87}, rcs
+    runs = runs_of_refusals(rcs)
+    # the last run is exactly KICK long (the next refusal was not answered); none before it was longer
+    assert runs and runs[-1] == KICK and rcs[-1] == 0x87 and max(runs) == KICK, rcs
+    time.sleep(0.2)
+    events = [m.json for m in phone.drain(phone.event_topic) if m.json.get("event") == "send_failed"]
+    assert [e["cmid"] for e in events] == [c for c, rc in zip(cmids, rcs) if rc == 0x87], "one event per refusal"
+    assert all(e["code"] == "rate_limited" and e["retry_after_ms"] >= 1 for e in events), events
+    log = br.all_output()
+    assert f"disconnected client '{phone.client_id}' of user '{a}': {KICK + 1} send publishes refused in a row" in log
+    assert f"Client {phone.client_id} been disconnected by administrative action" in log
+
+    # the user's other device and the other user are still connected and served
+    assert not laptop.disconnected.is_set() and not bob.disconnected.is_set()
+    assert bob.send(g, "still here").rc == 0x10
+    assert laptop.ok("conv.list")["conversations"]
+
+    # reconnect once the last refusal's retry_after_ms has passed, and resend everything, paced: each refused at
+    # most once in a row, never dropped, stored once
+    time.sleep(events[-1]["retry_after_ms"] / 1000 + 0.05)
+    phone.reconnect()
+    refusals = [paced_send(phone, g, c, "flood") for c in cmids]
+    assert max(refusals) <= 1 and not phone.disconnected.is_set(), refusals
+    stored = [m.get("cmid") for m in phone.history(g, limit=200)["messages"]]
+    assert sorted(c for c in stored if c in cmids) == sorted(cmids), "every cmid stored exactly once"
+
+
+def sequential_flood(cl, conv: str, n: int = 200) -> list[int]:
+    """Sends one at a time, ignoring refusals, until the broker drops cl; returns the PUBACK codes."""
+    rcs = []
+    for i in range(n):
+        try:
+            info = cl.publish(f"chat/send/{conv}", {"cmid": f"s{i}-{uname('c')}", "body": "flood"}, wait=False)
+            rcs.append(cl.wait_puback(info))
+        except ConnectionLost:
+            return rcs
+    raise AssertionError(f"{cl.client_id} was not disconnected after {n} sends: {rcs}")
+
+
+def test_after_a_kick_a_connection_that_got_nothing_through_goes_at_its_first_refusal(make_broker, users):
+    """Probation: for a minute after a kick, a connection of that user that has had nothing accepted is dropped at
+    its first refusal (a flooder reconnecting at once costs one publish per connection, not rate_disconnect_after);
+    one that got something through keeps the usual allowance. Which of the two a new connection is depends on
+    whether a token came meanwhile: both are checked by what the client saw."""
+    br = make_broker(opts={"rate_send": 1, "rate_send_burst": 2, "rate_disconnect_after": KICK})
+    a, b = users("alice", "bob")
+    g = br.client(b).create_group("G", [a])
+    first = br.client(a)
+    rcs = sequential_flood(first, g)
+    assert runs_of_refusals(rcs)[-1] == KICK, rcs
+    for _ in range(3):
+        again = br.client(a)
+        rcs = sequential_flood(again, g)
+        if 0x10 in rcs:
+            assert runs_of_refusals(rcs)[-1] == KICK and rcs[-1] == 0x87, rcs
+        else:
+            assert rcs == [], f"a connection with nothing accepted got {rcs} before the drop"
+    assert br.client(b).ok("conv.list")
+
+
+@pytest.mark.parametrize("kind", ["request", "receipt", "typing", "presence"])
+def test_flooding_other_kinds_is_disconnected(make_broker, users, kind):
+    """Requests (and presence, on the request bucket), receipts and typing (dropped silently) count alike."""
+    opts = {"rate_disconnect_after": KICK, "typing_interval_ms": 0}
+    for k in ("request", "receipt", "typing"):
+        opts[f"rate_{k}"], opts[f"rate_{k}_burst"] = 1, 2
+    br = make_broker(opts=opts)
+    a, b = users("alice", "bob")
+    bob = br.client(b)
+    g = bob.create_group("G", [a])
+    alice = br.client(a)
+    topic, payload, qos = {
+        "request": ("chat/req", {"op": "conv.list"}, 1),
+        "receipt": (f"chat/receipt/{g}", {"read": 1}, 1),
+        "typing": (f"chat/typing/{g}", {"state": "typing"}, 0),
+        "presence": (f"chat/p/{a}", {"state": "online"}, 1),
+    }[kind]
+    flood(alice, topic, [payload] * 40, qos=qos)
+    assert f"of user '{a}': {KICK + 1} " in br.all_output()
+    assert not bob.disconnected.is_set() and bob.ok("conv.list")
+
+
+def test_rate_disconnect_after_zero_never_disconnects(make_broker, users):
+    br = make_broker(opts={"rate_send": 1, "rate_send_burst": 2, "rate_disconnect_after": 0})
+    a, b = users("alice", "bob")
+    alice = br.client(a)
+    g = alice.create_group("G", [b])
+    rcs, _, _ = burst_sends(alice, g, 150)
+    assert rcs.count(0x87) >= 100 and not alice.disconnected.is_set()
+    assert alice.ok("conv.list")

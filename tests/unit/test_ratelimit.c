@@ -5,13 +5,13 @@
 static struct chat *chat;
 static uint64_t fake_now = 1763900000000ULL;
 static uint64_t clock_ms(void) { return fake_now; }
+static char conns[8];   /* device n of a user publishes as connection &conns[n] */
 
 /* Publishes as user (device n); returns the verdict and the first outbox
  * entry whose topic ends with suffix, parsed. */
 static enum chat_verdict pub(const char *user, int dev, const char *topic, const char *payload, const char *suffix,
 		cJSON **first)
 {
-	static char conns[8];
 	struct chat_client c = {.conn = &conns[dev], .username = user, .client_id = user, .protocol_version = 5};
 	struct chat_outbox out;
 	struct chat_rewrite rw = {0};
@@ -75,6 +75,165 @@ static void arithmetic(void)
 	m = 0;
 	CHECK(!ratelimit__take_one(&m, 1000000, &retry));
 	CHECK_EQ_INT(retry, 1);
+}
+
+/* Persistent flooders: a connection refused more than rate_disconnect_after
+ * times in a row for one kind is dropped (CHAT_DISCONNECT), not answered. */
+static void kicks(void)
+{
+	char *dir = tmp_db_dir(), err[200], conv[65], t_send[96], t_typ[96], line[400];
+	struct chat_client c0 = {.conn = &conns[0], .username = "alice", .client_id = "alice-phone"};
+	struct chat_config cfg;
+	struct chat_outbox out;
+	cJSON *r;
+	int refused, kicked;
+
+	config__defaults(&cfg);
+	CHECK_EQ_INT(cfg.rate_disconnect_after, 100);
+	CHECK_EQ_INT(config__set(&cfg, "rate_disconnect_after", "-1", err, sizeof(err)), -1);
+	CHECK(strstr(err, "rate_disconnect_after") != NULL);
+	CHECK_EQ_INT(config__set(&cfg, "rate_disconnect_after", "1000001", err, sizeof(err)), -1);
+	CHECK_EQ_INT(config__set(&cfg, "rate_disconnect_after", "3x", err, sizeof(err)), -1);
+	CHECK_EQ_INT(config__set(&cfg, "rate_disconnect_after", "3", err, sizeof(err)), 0);
+	config__set(&cfg, "db_path", dir, err, sizeof(err));
+	config__set(&cfg, "rate_send", "10", err, sizeof(err));
+	config__set(&cfg, "rate_send_burst", "1", err, sizeof(err));
+	config__set(&cfg, "rate_typing", "10", err, sizeof(err));
+	config__set(&cfg, "rate_typing_burst", "1", err, sizeof(err));
+	config__set(&cfg, "rate_request", "1000", err, sizeof(err));
+	CHECK_EQ_INT(chat__open(&chat, &cfg, err, sizeof(err)), 0);
+	chat->now_ms = clock_ms;
+
+	pub("alice", 0, "chat/req", "{\"op\":\"conv.create\",\"type\":\"direct\",\"with\":\"bob\"}", "/reply", &r);
+	snprintf(conv, sizeof(conv), "%s", str(cJSON_GetObjectItem(r, "conv"), "conv"));
+	cJSON_Delete(r);
+	snprintf(t_send, sizeof(t_send), "chat/send/%s", conv);
+	snprintf(t_typ, sizeof(t_typ), "chat/typing/%s", conv);
+
+	/* the burst, then 3 refusals in a row, each answered; the 4th drops the
+	 * connection with no answer at all */
+	CHECK_EQ_INT(pub("alice", 0, t_send, "{\"cmid\":\"k0\",\"body\":\"x\"}", "/m", &r), CHAT_CONSUMED);
+	cJSON_Delete(r);
+	for(int i = 1; i <= 3; i++){
+		CHECK_EQ_INT(pub("alice", 0, t_send, "{\"cmid\":\"k1\",\"body\":\"x\"}", "/event", &r), CHAT_REFUSED);
+		CHECK_EQ_STR(str(r, "code"), "rate_limited");
+		cJSON_Delete(r);
+	}
+	CHECK(chat->rate_conns != NULL);
+	/* other kinds keep their own runs: an accepted request ends nothing here */
+	pub("alice", 0, "chat/req", "{\"op\":\"conv.list\"}", "/reply", &r);
+	CHECK(cJSON_IsTrue(cJSON_GetObjectItem(r, "ok")));
+	cJSON_Delete(r);
+	/* another device of the same user (its own run), another user: answered */
+	CHECK_EQ_INT(pub("alice", 1, t_send, "{\"cmid\":\"k1\",\"body\":\"x\"}", "/event", &r), CHAT_REFUSED);
+	cJSON_Delete(r);
+	CHECK_EQ_INT(pub("bob", 2, t_send, "{\"cmid\":\"b1\",\"body\":\"x\"}", "/m", &r), CHAT_CONSUMED);
+	cJSON_Delete(r);
+	CHECK_EQ_INT(chat->stats.kicked, 0);
+	CHECK_EQ_INT(pub("alice", 0, t_send, "{\"cmid\":\"k1\",\"body\":\"x\"}", "/event", &r), CHAT_DISCONNECT);
+	CHECK(r == NULL);
+	CHECK_EQ_INT(chat->stats.kicked, 1);
+	/* probation: for a minute, a connection of alice that got nothing
+	 * through goes at its first refusal (a flooder reconnecting at once)... */
+	CHECK_EQ_INT(pub("alice", 4, t_send, "{\"cmid\":\"k1\",\"body\":\"x\"}", "/event", &r), CHAT_DISCONNECT);
+	CHECK(r == NULL);
+	CHECK_EQ_INT(chat->stats.kicked, 2);
+	/* ...one that did has the usual allowance */
+	fake_now += 100;
+	CHECK_EQ_INT(pub("alice", 5, t_send, "{\"cmid\":\"k1\",\"body\":\"x\"}", "/m", &r), CHAT_CONSUMED);
+	cJSON_Delete(r);
+	for(int i = 1; i <= 3; i++){
+		CHECK_EQ_INT(pub("alice", 5, t_send, "{\"cmid\":\"k1\",\"body\":\"x\"}", "/event", &r), CHAT_REFUSED);
+		cJSON_Delete(r);
+	}
+	CHECK_EQ_INT(pub("alice", 5, t_send, "{\"cmid\":\"k1\",\"body\":\"x\"}", "/event", &r), CHAT_DISCONNECT);
+	cJSON_Delete(r);
+	/* other users are on no probation (bob's first takes the token of the 100 ms) */
+	pub("bob", 2, t_send, "{\"cmid\":\"b2\",\"body\":\"x\"}", "/m", &r);
+	cJSON_Delete(r);
+	CHECK_EQ_INT(pub("bob", 2, t_send, "{\"cmid\":\"b2\",\"body\":\"x\"}", "/event", &r), CHAT_REFUSED);
+	cJSON_Delete(r);
+	CHECK_EQ_INT(chat->stats.kicked, 3);
+	outbox__init(&out);
+	chat__disconnect(chat, &conns[4], &out);
+	chat__disconnect(chat, &conns[5], &out);
+	chat__disconnect(chat, &conns[2], &out);
+	outbox__clear(&out);
+	/* the log line: once per user per minute, then with the kicks not logged */
+	CHECK(ratelimit__kick_note(chat, &c0, line, sizeof(line)));
+	CHECK(strstr(line, "'alice-phone'") && strstr(line, "'alice'") && strstr(line, "4 send publishes"));
+	CHECK(strstr(line, "not logged") == NULL);
+	CHECK(!ratelimit__kick_note(chat, &c0, line, sizeof(line)));
+	fake_now += 30000;
+	CHECK(!ratelimit__kick_note(chat, &c0, line, sizeof(line)));
+	fake_now += 30000;
+	CHECK(ratelimit__kick_note(chat, &c0, line, sizeof(line)));
+	CHECK(strstr(line, "2 more kick(s)") != NULL);
+	/* the broker then reports the disconnect: the run is forgotten (a new
+	 * connection may get the same address) */
+	outbox__init(&out);
+	chat__disconnect(chat, &conns[0], &out);
+	outbox__clear(&out);
+	pub("alice", 1, t_send, "{\"cmid\":\"k1\",\"body\":\"x\"}", "/m", &r);   /* device 1: a token, its run ends */
+	cJSON_Delete(r);
+	CHECK(chat->rate_conns == NULL);
+	CHECK_EQ_INT(pub("alice", 0, t_send, "{\"cmid\":\"k2\",\"body\":\"x\"}", "/event", &r), CHAT_REFUSED);
+	cJSON_Delete(r);
+
+	/* a client that waits retry_after_ms: at most its window of refusals
+	 * per token, never dropped (here 3 refusals, then the token, 20 times) */
+	kicked = 0;
+	for(int round = 0; round < 20; round++){
+		uint32_t retry = 0;
+		for(int i = 0; i < 2; i++){
+			kicked += pub("alice", 0, t_send, "{\"cmid\":\"k2\",\"body\":\"x\"}", "/event", &r) == CHAT_DISCONNECT;
+			retry = (uint32_t)num(r, "retry_after_ms");
+			cJSON_Delete(r);
+		}
+		fake_now += retry;
+		kicked += pub("alice", 0, t_send, "{\"cmid\":\"k2\",\"body\":\"x\"}", "/m", &r) == CHAT_DISCONNECT;
+		CHECK(r != NULL);
+		cJSON_Delete(r);
+	}
+	CHECK_EQ_INT(kicked, 0);
+	CHECK(chat->rate_conns == NULL);
+
+	/* typing refusals are silent but count the same */
+	fake_now += 1000;
+	CHECK_EQ_INT(pub("alice", 0, t_typ, "{\"state\":\"typing\"}", "/typing", &r), CHAT_CONSUMED);
+	cJSON_Delete(r);
+	refused = 0;
+	while(pub("alice", 0, t_typ, "{\"state\":\"typing\"}", "/typing", &r) == CHAT_CONSUMED && refused < 10){
+		CHECK(r == NULL);
+		refused++;
+	}
+	CHECK(r == NULL);
+	CHECK_EQ_INT(refused, 3);
+	CHECK_EQ_INT(chat->stats.kicked, 4);
+	outbox__init(&out);
+	chat__disconnect(chat, &conns[0], &out);
+	outbox__clear(&out);
+
+	/* 0: never */
+	chat->cfg.rate_disconnect_after = 0;
+	kicked = 0;
+	for(int i = 0; i < 1000; i++){
+		kicked += pub("alice", 3, t_send, "{\"cmid\":\"k3\",\"body\":\"x\"}", "/event", &r) == CHAT_DISCONNECT;
+		cJSON_Delete(r);
+	}
+	CHECK_EQ_INT(kicked, 0);
+	CHECK(chat->rate_conns == NULL);
+
+	/* kick notes are forgotten a minute after they were logged */
+	CHECK(chat->rate_kick_logs != NULL);
+	fake_now += 60000;
+	outbox__init(&out);
+	chat__tick(chat, &out);
+	outbox__clear(&out);
+	CHECK(chat->rate_kick_logs == NULL);
+
+	chat__close(chat);
+	rm_db_dir(dir);
 }
 
 int main(void)
@@ -232,5 +391,6 @@ int main(void)
 
 	chat__close(chat);
 	rm_db_dir(dir);
+	kicks();
 	CHECK_DONE();
 }

@@ -106,6 +106,7 @@ int main(void)
 		CHECK_EQ_INT(num(s, "request_errors", "total"), 2);   /* history of a conv that does not exist, nope */
 		CHECK_EQ_INT(num(cJSON_GetObjectItem(s, "request_errors"), "by_code", "unknown_op"), 1);
 		CHECK_EQ_INT(num(s, "devices", NULL), 1);             /* one fake connection */
+		CHECK_EQ_INT(num(s, "kicked", NULL), 0);
 		CHECK(num(s, "store", "map_used_bytes") > 0);
 		CHECK(num(s, "store", "map_bytes") == (double)((size_t)4 << 30));
 		CHECK_EQ_INT(num(s, "store", "push_outbox"), 0);
