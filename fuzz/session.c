@@ -137,8 +137,15 @@ static enum chat_verdict publish(int dev, int version, const char *response_topi
 	}else if(rw.payload){
 		fail("rewrite payload without CHAT_REWRITE", topic);
 	}
-	if(v > CHAT_REWRITE) fail("verdict out of range", topic);
+	if(v > CHAT_DISCONNECT) fail("verdict out of range", topic);
 	free(copy);
+	if(v == CHAT_DISCONNECT){
+		/* the broker closes the connection: its DISCONNECT event follows */
+		struct chat_outbox gone;
+		outbox__init(&gone);
+		chat__disconnect(chat, cl.conn, &gone);
+		check_outbox(&gone);
+	}
 	return v;
 }
 
