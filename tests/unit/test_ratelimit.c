@@ -1,6 +1,7 @@
 /* Token buckets: the arithmetic, and the core's refusals on a fake clock. */
 #include "chat.h"
 #include "check.h"
+#include "publish.h"
 
 static struct chat *chat;
 static uint64_t fake_now = 1763900000000ULL;
@@ -13,23 +14,7 @@ static enum chat_verdict pub(const char *user, int dev, const char *topic, const
 		cJSON **first)
 {
 	struct chat_client c = {.conn = &conns[dev], .username = user, .client_id = user, .protocol_version = 5};
-	struct chat_outbox out;
-	struct chat_rewrite rw = {0};
-	enum chat_verdict v;
-
-	outbox__init(&out);
-	v = chat__handle_publish(chat, &c, topic, payload, strlen(payload), &out, &rw);
-	free(rw.payload);
-	*first = NULL;
-	for(struct outbox_pub *p = out.head; p; p = p->next){
-		size_t tl = strlen(p->topic), sl = strlen(suffix);
-		if(tl >= sl && !strcmp(p->topic + tl - sl, suffix)){
-			*first = cJSON_ParseWithLength(p->payload, p->len);
-			break;
-		}
-	}
-	outbox__clear(&out);
-	return v;
+	return publish_through_core(chat, &c, topic, payload, suffix, first);
 }
 
 static const char *str(const cJSON *o, const char *k)
