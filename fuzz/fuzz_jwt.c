@@ -17,6 +17,7 @@
 #include <openssl/pem.h>
 
 #include "jwt.h"
+#include "../tests/unit/b64url.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -57,23 +58,6 @@ static void setup(void)
 	}
 	if(jwt__keys_from_memory(SECRET, strlen(SECRET), pem, strlen(pem), &keys, err, sizeof(err))) fail(err);
 	free(pem);
-}
-
-static size_t b64url(const uint8_t *in, size_t len, char *out)
-{
-	static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-	size_t o = 0, i;
-	for(i = 0; i + 2 < len; i += 3){
-		uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
-		out[o++] = tab[v >> 18]; out[o++] = tab[(v >> 12) & 63]; out[o++] = tab[(v >> 6) & 63]; out[o++] = tab[v & 63];
-	}
-	if(len - i == 1){
-		out[o++] = tab[in[i] >> 2]; out[o++] = tab[(in[i] & 3) << 4];
-	}else if(len - i == 2){
-		uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8;
-		out[o++] = tab[v >> 18]; out[o++] = tab[(v >> 12) & 63]; out[o++] = tab[(v >> 6) & 63];
-	}
-	return o;
 }
 
 /* header '\n' claims -> "b64(header).b64(claims).b64(HS256)"; malloc'ed. */

@@ -10,29 +10,12 @@
 
 #include "chat.h"
 #include "check.h"
+#include "b64url.h"
 
 #define NOW 1700000000LL
 static const char SECRET[] = "0123456789abcdef0123456789abcdef-test-secret";
 
 /* ---------------------------------------------------------------- helpers */
-
-static void b64url(const unsigned char *in, size_t len, char *out)
-{
-	static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-	size_t o = 0, i;
-	for(i = 0; i + 2 < len; i += 3){
-		uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
-		out[o++] = tab[v >> 18]; out[o++] = tab[(v >> 12) & 63]; out[o++] = tab[(v >> 6) & 63]; out[o++] = tab[v & 63];
-	}
-	if(len - i == 1){
-		uint32_t v = (uint32_t)in[i] << 16;
-		out[o++] = tab[v >> 18]; out[o++] = tab[(v >> 12) & 63];
-	}else if(len - i == 2){
-		uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8;
-		out[o++] = tab[v >> 18]; out[o++] = tab[(v >> 12) & 63]; out[o++] = tab[(v >> 6) & 63];
-	}
-	out[o] = '\0';
-}
 
 static EVP_PKEY *rsa_key, *ec_key, *rsa_key2;
 static char *rsa_pem, *ec_pem, *rsa2_pem;
