@@ -208,6 +208,9 @@ struct outbox_pub {
 	bool correlate;     /* attach the request's correlation data (MQTT 5) */
 	int qos;            /* 1 unless set otherwise */
 	bool retain;
+	bool in_sequence;   /* a stamped message on a conversation's m topic: members must get these in seq order */
+	bool as_inbound;    /* the stamped copy of the send being handled: the adapter may deliver it as that
+	                       publish itself (payload and topic rewritten in place) instead of publishing a copy */
 };
 
 struct chat_outbox {

@@ -155,6 +155,7 @@ static enum chat_err stamp__store(struct chat *chat, struct store_txn *txn, cons
 	if(outbox__add_owned(out, topic, s, len, free_s, OUTBOX_ALL, false)){
 		return chat__fail(e, CHAT_E_NOMEM, "out of memory");
 	}
+	out->last->in_sequence = true;
 	return CHAT_E_OK;
 }
 
@@ -328,6 +329,7 @@ validated:
 		goto store_failed;
 	}
 	if(stamp__store(chat, txn, ref->id, seq, stamped, stamped_len, chat->payload_free, out, &e)) goto store_failed;
+	out->last->as_inbound = true;
 	if(receipt__on_send(txn, ref->id, cl->username, seq) != STORE_OK){
 		chat__fail(&e, CHAT_E_STORE, "%s", store__last_error(chat->store));
 		goto store_failed;

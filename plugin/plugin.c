@@ -34,6 +34,12 @@ struct plugin {
 	bool acl_registered, message_registered, tick_registered, disconnect_registered;
 	bool auth_registered, reload_registered;
 	struct jwt_keys *jwt_keys;      /* auth jwt: replaced whole on a good reload */
+	/* A stamped message went to mosquitto_broker_publish in this pass of the
+	 * broker's loop. The broker routes such publishes at the start of its next
+	 * pass, so a send delivered in place now (deliver_inbound) would overtake
+	 * it: members must get a conversation's messages in seq order. The tick,
+	 * which ends every pass, clears it. */
+	bool seq_queued;
 	uint64_t full_logged;     /* store__full_count() when the map-full warning was last logged */
 	time_t full_logged_at;
 };
@@ -63,13 +69,16 @@ static void log_map_full(struct plugin *pl)
  * mosquitto_broker_publish succeeded. A payload the core made with the
  * broker's allocator (chat->payload_alloc) is handed over as it is; others
  * are copied into the broker's memory. */
-static void flush_outbox(struct chat_outbox *ob, const char *client_id, const void *corr, uint16_t corr_len)
+static void flush_outbox(struct plugin *pl, struct chat_outbox *ob, const char *client_id, const void *corr,
+		uint16_t corr_len)
 {
 	for(struct outbox_pub *p = ob->head; p; p = p->next){
 		mosquitto_property *props = NULL;
 		void *buf;
 		int rc;
 
+		if(!p->payload && p->as_inbound) continue;   /* delivered as the inbound publish (deliver_inbound) */
+		if(p->in_sequence && p->target == OUTBOX_ALL) pl->seq_queued = true;
 		if(p->free_payload == mosquitto_free && p->len > 0){
 			buf = p->payload;
 			p->payload = NULL;
@@ -93,6 +102,35 @@ static void flush_outbox(struct chat_outbox *ob, const char *client_id, const vo
 		}
 	}
 	outbox__clear(ob);
+}
+
+/* The common send, a QoS 1 publish on {prefix}/send/{conv} without
+ * retain or properties, travels on as the stamped message itself: its payload
+ * is replaced by the stamped bytes and its topic rewritten in place to
+ * {prefix}/c/{conv}/m — one byte shorter, so it fits the broker's own string,
+ * whose pointer is kept (replacing the pointer leaks in 2.0.11 and is freed
+ * twice from 2.0.15). The broker then routes one message where it would
+ * otherwise route the emptied send to no one and, on its next pass, a copy of
+ * the stamped one: that second routing was a sixth of the broker's work per
+ * chat message. Everything else (QoS 0 or 2 — delivery is QoS 1 and QoS
+ * cannot be changed here —, retain, MQTT 5 properties, which would be
+ * forwarded, or a stamped message already queued in this pass, which this
+ * one must not overtake) takes mosquitto_broker_publish as before. */
+static bool deliver_inbound(struct plugin *pl, struct mosquitto_evt_message *ed, struct chat_outbox *ob)
+{
+	struct outbox_pub *p;
+	size_t tl;
+
+	if(ed->qos != 1 || ed->retain || ed->properties || pl->seq_queued) return false;
+	for(p = ob->head; p && !p->as_inbound; p = p->next);
+	if(!p || p->free_payload != mosquitto_free || p->len == 0 || p->len > UINT32_MAX) return false;
+	tl = strlen(p->topic);
+	if(tl > strlen(ed->topic)) return false;
+	memcpy(ed->topic, p->topic, tl + 1);
+	ed->payload = p->payload;   /* the broker frees the send's payload */
+	ed->payloadlen = (uint32_t)p->len;
+	p->payload = NULL;
+	return true;
 }
 
 /* ====================================================================== *
@@ -150,7 +188,8 @@ static int message_cb(int event, void *event_data, void *userdata)
 
 	outbox__init(&out);
 	v = chat__handle_publish(pl->chat, &cl, ed->topic, ed->payload, ed->payloadlen, &out, &rw);
-	flush_outbox(&out, cl.client_id, corr, corr_len);
+	if(v == CHAT_CONSUMED && deliver_inbound(pl, ed, &out)) v = CHAT_PASS;
+	flush_outbox(pl, &out, cl.client_id, corr, corr_len);
 	log_map_full(pl);
 	mosquitto_free(response_topic);
 	mosquitto_free(corr);
@@ -209,7 +248,7 @@ static int disconnect_cb(int event, void *event_data, void *userdata)
 
 	outbox__init(&out);
 	chat__disconnect(pl->chat, ed->client, &out);
-	flush_outbox(&out, NULL, NULL, 0);
+	flush_outbox(pl, &out, NULL, NULL, 0);
 	return MOSQ_ERR_SUCCESS;
 }
 
@@ -222,8 +261,12 @@ static int tick_cb(int event, void *event_data, void *userdata)
 
 	outbox__init(&out);
 	chat__tick(pl->chat, &out);
-	flush_outbox(&out, NULL, NULL, 0);
+	flush_outbox(pl, &out, NULL, NULL, 0);
 	log_map_full(pl);
+	/* the tick ends the broker's loop pass: whatever was queued so far,
+	 * this tick's own publishes included, is routed before the next pass
+	 * handles any publish */
+	pl->seq_queued = false;
 	return MOSQ_ERR_SUCCESS;
 }
 
@@ -369,7 +412,7 @@ CHAT_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **
 		struct chat_outbox out;
 		outbox__init(&out);
 		presence__startup(pl->chat, &out);
-		flush_outbox(&out, NULL, NULL, 0);
+		flush_outbox(pl, &out, NULL, NULL, 0);
 	}
 
 	mosquitto_log_printf(MOSQ_LOG_NOTICE, LOG_PREFIX "ready: prefix '%s', database %s, fsync %s, observers %zu",

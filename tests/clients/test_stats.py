@@ -88,8 +88,8 @@ def test_counters_move_with_traffic(broker, observer, users):
     e = broker.client(eve)
     conv = a.create_group("stats", [bob])
     for i in range(3):
-        assert a.send(conv, f"m{i}").rc == a.ok_code
-    assert b.send(conv, "reply").rc == b.ok_code
+        assert a.send(conv, f"m{i}").rc in a.ok_codes
+    assert b.send(conv, "reply").rc in b.ok_codes
     # refusals: two not_member (eve is outside), one invalid_json
     assert e.send(conv, "intruder").rc == e.refused_code
     assert e.send(conv, "again").rc == e.refused_code

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from helpers import (
+    ACCEPTED,
     DYNSEC_PLUGIN,
     OBSERVER,
     ConnectRefused,
@@ -416,7 +417,7 @@ def test_with_password_file(make_broker, users, tmp_path, proto, auth):
     d = alice.create_direct(b)
     bob.sub_conv(d)
     r = alice.send(d, "authenticated")
-    assert r.rc == alice.ok_code
+    assert r.rc in alice.ok_codes
     m = bob.expect_message(d)
     assert m["from"] == a and m["cmid"] == r.cmid
 
@@ -456,7 +457,7 @@ def test_beside_dynamic_security(make_broker, users, tmp_path, auth):
     assert bob.subscribe(f"chat/c/{g}/+") == [1]
     assert dave.subscribe(f"chat/c/{g}/+") == [0x87]
     r = alice.send(g, "via two plugins")
-    assert r.rc == 0x10
+    assert r.rc in ACCEPTED
     assert bob.expect_message(g)["cmid"] == r.cmid
     dave.expect_none(f"chat/c/{g}/m", wait=0.2)
 

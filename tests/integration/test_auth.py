@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 import os
 
-from helpers import DYNSEC_PLUGIN, ConnectRefused, dynsec_config, mosquitto_passwd, wait_until
+from helpers import ACCEPTED, DYNSEC_PLUGIN, ConnectRefused, dynsec_config, mosquitto_passwd, wait_until
 
 ISSUER = "https://id.chat.test"
 AUDIENCE = "chat"
@@ -145,7 +145,7 @@ def test_valid_tokens_chat(jwt_broker, keys, users, alg, proto):
     d = alice.create_direct(b)
     bob.sub_conv(d)
     r = alice.send(d, f"signed with {alg}")
-    assert r.rc == alice.ok_code
+    assert r.rc in alice.ok_codes
     m = bob.expect_message(d)
     assert m["from"] == a and m["body"] == f"signed with {alg}"
     assert refused_lines(jwt_broker, a) == [] and refused_lines(jwt_broker, b) == []
@@ -292,7 +292,7 @@ def test_sighup_rereads_keys(make_broker, tmp_path, users):
     # the clients that stayed can still chat
     d = carol.create_direct(b)
     bob.sub_conv(d)
-    assert carol.send(d, "after reloads").rc == 0x10
+    assert carol.send(d, "after reloads").rc in ACCEPTED
     assert bob.expect_message(d)["body"] == "after reloads"
     assert alice.ok("conv.list")["conversations"] == []
 
@@ -366,7 +366,7 @@ def test_jwt_beside_dynamic_security(make_broker, tmp_path, users):
     bob = br.client(b, password=token(keys, b, "ES256", iss=None, aud=None), protocol=4)
     g = alice.create_group("G", [b])
     bob.sub_conv(g)
-    assert alice.send(g, "jwt + dynsec").rc == 0x10
+    assert alice.send(g, "jwt + dynsec").rc in ACCEPTED
     assert bob.expect_message(g)["body"] == "jwt + dynsec"
 
 
@@ -383,6 +383,6 @@ def test_auth_none_leaves_anonymous_logins_alone(make_broker, users, auth):
     assert raw_connect_v311(br.port, None, None) == 0
     d = alice.create_direct(b)
     bob.sub_conv(d)
-    assert alice.send(d, "no auth").rc == 0x10
+    assert alice.send(d, "no auth").rc in ACCEPTED
     assert bob.expect_message(d)["body"] == "no auth"
     assert "auth jwt" not in br.all_output() and "login refused" not in br.all_output()

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from helpers import DIRECT_RE, GROUP_RE, assert_system
+from helpers import ACCEPTED, DIRECT_RE, GROUP_RE, assert_system
 
 
 def members_of(conv_obj: dict) -> dict[str, str]:
@@ -154,7 +154,7 @@ def test_conv_list(broker, users):
     g = alice.create_group("Group", [b, c])
     bob.sub_conv(g)
     sent = alice.send(g, "hello list")
-    assert sent.rc == alice.ok_code
+    assert sent.rc in alice.ok_codes
     live = bob.expect_message(g)
     assert live["seq"] == 2
 
@@ -376,7 +376,7 @@ def test_request_without_response_topic_mqtt5(broker, users):
     (a,) = users("alice")
     alice = broker.client(a, protocol=5)
     rc = alice.publish("chat/req", {"op": "conv.list", "req_id": "plain"})
-    assert rc == 0x10
+    assert rc in ACCEPTED
     r = alice.expect(f"chat/u/{a}/reply", pred=lambda j: j.get("req_id") == "plain")
     assert r["ok"] is True and r["conversations"] == []
 

@@ -165,7 +165,7 @@ def measure(br, users, size: int) -> dict:
     def barrier():
         # a message after the events: every member gets it after anything the events caused
         nonlocal n_msgs
-        assert actor.send(g, "barrier").rc == actor.ok_code
+        assert actor.send(g, "barrier").rc in actor.ok_codes
         n_msgs += 1
         raw.pump(lambda: raw.count(mt) == n_msgs * (size - 1), what="the barrier message at every member")
         actor.expect_message(g)
@@ -177,7 +177,7 @@ def measure(br, users, size: int) -> dict:
         out = {"size": size, "connected": size, "connect_s": connect_s}
         # one receipt, from the actor
         before = log_deliveries(br, rt)
-        assert actor.publish(f"chat/receipt/{g}", {"read": 1}) == actor.ok_code
+        assert actor.publish(f"chat/receipt/{g}", {"read": 1}) in actor.ok_codes
         barrier()
         out["receipt"] = deliveries(rt)
         out["receipt_log"] = log_deliveries(br, rt) - before

@@ -77,7 +77,7 @@ def fill_until_refused(br, user: str, conv: str, body_len: int, tag: str, limit:
             assert cl.disconnected.wait(5), "a send that was not stored must not be acknowledged"
             cl.disconnect()
             return acked, cmid, body
-        assert rc == cl.ok_code, f"{cmid}: PUBACK {rc:#x}"
+        assert rc in cl.ok_codes, f"{cmid}: PUBACK {rc:#x}"
         acked.append(cmid)
     raise AssertionError(f"the map never filled after {limit} sends of {body_len} bytes")
 
@@ -156,7 +156,7 @@ def test_full_map_refuses_writes_serves_reads_and_recovers(make_broker, users, f
             assert "storage is full" in ev["message"]
             refused_at = u
         else:
-            assert rc == r.ok_code
+            assert rc in r.ok_codes
             stored.append(u)
         assert not r.disconnected.is_set()
         got = {x["conv"]: x for x in r.ok("conv.list")["conversations"]}[g]
@@ -190,11 +190,11 @@ def test_full_map_refuses_writes_serves_reads_and_recovers(make_broker, users, f
     bob = br.client(b)
     bob.sub_conv(g)
     for cmid, body in [(failed_big, failed_big_body), (failed_small, failed_small_body)]:
-        assert send_nowait(alice, g, cmid, body) == alice.ok_code
+        assert send_nowait(alice, g, cmid, body) in alice.ok_codes
         last_seq += 1
         assert_stamped(bob.expect_message(g), g, last_seq, a, cmid=cmid, body=body)
     # a second retry of the same cmid is a duplicate: nothing new stored
-    assert send_nowait(alice, g, failed_small, failed_small_body) == alice.ok_code
+    assert send_nowait(alice, g, failed_small, failed_small_body) in alice.ok_codes
     bob.expect_none(f"chat/c/{g}/m", wait=0.3)
     hist, cmids = history_cmids(alice, g)
     assert cmids == acked + [failed_big, failed_small]
@@ -202,7 +202,7 @@ def test_full_map_refuses_writes_serves_reads_and_recovers(make_broker, users, f
     # and writes work again
     alice.ok("members.add", {"conv": g, "users": [c]})
     r = alice.send(g, "after the resize")
-    assert r.rc == alice.ok_code
+    assert r.rc in alice.ok_codes
     assert bob.expect_message(g, pred=lambda m: m.get("cmid") == r.cmid)["seq"] == last_seq + 2
 
 
@@ -285,10 +285,10 @@ def test_directory_removed_while_running(make_broker, users):
     alice = br.client(a)
     g = alice.create_group("doomed", [b])
     alice.sub_conv(g)
-    assert alice.send(g, "before").rc == alice.ok_code
+    assert alice.send(g, "before").rc in alice.ok_codes
     shutil.rmtree(br.db_dir)
     r = alice.send(g, "after")
-    assert r.rc == alice.ok_code
+    assert r.rc in alice.ok_codes
     alice.expect_message(g, pred=lambda m: m.get("cmid") == r.cmid)
     assert [m["body"] for m in alice.history(g)["messages"][1:]] == ["before", "after"]
     alice.disconnect()
@@ -505,7 +505,7 @@ def test_subscriber_drops_before_acking_gets_the_stamped_copy_once(broker, users
     raw.connect(clean=False)
     assert raw.subscribe(f"chat/c/{g}/m", qos=2) == 2
     r = alice.send(g, "deliver me once")
-    assert r.rc == alice.ok_code
+    assert r.rc in alice.ok_codes
 
     topic, qos, mid, dup, first = raw.parse_publish(*raw.expect(3))
     assert (topic, qos, dup) == (f"chat/c/{g}/m", 1, False)

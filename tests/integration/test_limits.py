@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from helpers import ConnectionLost, uname
+from helpers import ACCEPTED, ConnectionLost, uname
 
 RATE_OFF = {f"rate_{k}{b}": None for k in ("send", "request", "receipt", "typing") for b in ("", "_burst")}
 
@@ -55,7 +55,7 @@ def test_send_rate_limit_at_the_burst(make_broker, users):
 
     rcs, cmids, elapsed = burst_sends(alice, g, burst + 3)
     ok = [rc for rc in rcs if rc < 0x80]
-    assert rcs[:burst] == [0x10] * burst, "exactly the burst is accepted"
+    assert all(rc in ACCEPTED for rc in rcs[:burst]), "exactly the burst is accepted"
     assert burst <= len(ok) <= burst + refill_bound(elapsed, 1) - 1, (rcs, elapsed)
     assert rcs[len(ok):] == [0x87] * (len(rcs) - len(ok)), "once refused, the rest of the burst is refused"
     evs = failures(alice, len(rcs) - len(ok))
@@ -70,7 +70,7 @@ def test_send_rate_limit_at_the_burst(make_broker, users):
 
     # after retry_after_ms the refused cmid goes through, once
     time.sleep(evs[-1]["retry_after_ms"] / 1000 + 0.05)
-    assert alice.send(g, "again", cmid=cmids[-1]).rc == 0x10
+    assert alice.send(g, "again", cmid=cmids[-1]).rc in ACCEPTED
     assert bob.expect_message(g)["cmid"] == cmids[-1]
 
 
@@ -94,7 +94,7 @@ def test_send_rate_limit_is_per_user_not_per_device(make_broker, users):
         assert laptop.expect_event(pred=lambda e: e.get("event") == "send_failed")["code"] == "rate_limited"
     laptop.expect_none(laptop.event_topic, wait=0.2, pred=lambda e: e.get("event") == "send_failed")
     # another user is not affected
-    assert bob.send(g, "me too").rc == 0x10
+    assert bob.send(g, "me too").rc in ACCEPTED
 
 
 def test_duplicate_send_takes_a_token(make_broker, users):
@@ -105,8 +105,8 @@ def test_duplicate_send_takes_a_token(make_broker, users):
     rcs = [alice.send(g, "x", cmid="same").rc for _ in range(3)]
     # the first is stored, the second is a duplicate (re-delivered, acked), the third finds the bucket empty
     # unless a second passed
-    assert rcs[:2] == [0x10, 0x10]
-    assert rcs[2] in (0x87, 0x10)
+    assert all(rc in ACCEPTED for rc in rcs[:2]), rcs
+    assert rcs[2] in (0x87,) + ACCEPTED
     if rcs[2] == 0x87:
         assert alice.expect_event(pred=lambda e: e.get("event") == "send_failed")["code"] == "rate_limited"
     assert [m.get("cmid") for m in alice.history(g)["messages"]].count("same") == 1
@@ -207,12 +207,12 @@ def test_default_send_rate(make_broker, users):
     alice = br.client(a)
     g = br.client(b).create_group("G", [a])
     rcs, _, elapsed = burst_sends(alice, g, 60)
-    ok = sum(rc == 0x10 for rc in rcs)
-    assert rcs[:30] == [0x10] * 30
+    ok = sum(rc in ACCEPTED for rc in rcs)
+    assert all(rc in ACCEPTED for rc in rcs[:30]), rcs
     assert ok <= 30 + refill_bound(elapsed, 10) - 1, (ok, elapsed)
     time.sleep(3.1)   # the bucket is full again
     for i in range(10):   # paced at 10/s
-        assert alice.send(g, f"paced {i}").rc == 0x10
+        assert alice.send(g, f"paced {i}").rc in ACCEPTED
         time.sleep(0.1)
 
 
@@ -274,7 +274,7 @@ def test_max_payload_boundary(make_broker, users):
     a, b = users("alice", "bob")
     alice = br.client(a, protocol=5)
     g = alice.create_group("G", [b])
-    assert alice.publish(f"chat/send/{g}", padded({"cmid": "at", "body": "x"}, 4096)) == 0x10
+    assert alice.publish(f"chat/send/{g}", padded({"cmid": "at", "body": "x"}, 4096)) in ACCEPTED
     assert alice.publish(f"chat/send/{g}", padded({"cmid": "over", "body": "x"}, 4097)) == 0x87
     ev = alice.expect_event(pred=lambda e: e.get("event") == "send_failed")
     assert ev["code"] == "too_large"
@@ -359,7 +359,7 @@ def test_rate_zero_is_unlimited(make_broker, users):
     alice = br.client(a)
     g = alice.create_group("G", [b])
     rcs, _, _ = burst_sends(alice, g, 50)
-    assert rcs == [0x10] * 50
+    assert all(rc in ACCEPTED for rc in rcs) and len(rcs) == 50, rcs
 
 
 # --------------------------------------------------------------------------- persistent flooders
@@ -401,7 +401,7 @@ def paced_send(cl, conv: str, cmid: str, body: str) -> int:
     while True:
         rc = cl.send(conv, body, cmid=cmid).rc
         if rc != 0x87:
-            assert rc == 0x10, rc
+            assert rc in ACCEPTED, rc
             return refused
         refused += 1
         ev = cl.expect_event(pred=lambda e: e.get("event") == "send_failed" and e.get("cmid") == cmid)
@@ -434,7 +434,7 @@ def test_a_flooder_is_disconnected_and_can_resend(make_broker, users):
         except ConnectionLost:
             break
     assert phone.disconnected.is_set(), rcs
-    assert rcs[:2] == [0x10, 0x10] and set(rcs) <= {0x10, 0x87}, rcs
+    assert all(rc in ACCEPTED for rc in rcs[:2]) and set(rcs) <= {0x87, *ACCEPTED}, rcs
     runs = runs_of_refusals(rcs)
     # the last run is exactly KICK long (the next refusal was not answered); none before it was longer
     assert runs and runs[-1] == KICK and rcs[-1] == 0x87 and max(runs) == KICK, rcs
@@ -448,7 +448,7 @@ def test_a_flooder_is_disconnected_and_can_resend(make_broker, users):
 
     # the user's other device and the other user are still connected and served
     assert not laptop.disconnected.is_set() and not bob.disconnected.is_set()
-    assert bob.send(g, "still here").rc == 0x10
+    assert bob.send(g, "still here").rc in ACCEPTED
     assert laptop.ok("conv.list")["conversations"]
 
     # reconnect once the last refusal's retry_after_ms has passed, and resend everything, paced: each refused at
@@ -487,7 +487,7 @@ def test_after_a_kick_a_connection_that_got_nothing_through_goes_at_its_first_re
     for _ in range(3):
         again = br.client(a)
         rcs = sequential_flood(again, g)
-        if 0x10 in rcs:
+        if any(rc in ACCEPTED for rc in rcs):
             assert runs_of_refusals(rcs)[-1] == KICK and rcs[-1] == 0x87, rcs
         else:
             assert rcs == [], f"a connection with nothing accepted got {rcs} before the drop"

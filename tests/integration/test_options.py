@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from helpers import assert_stamped, uname
+from helpers import ACCEPTED, assert_stamped, uname
 
 
 @pytest.mark.parametrize(
@@ -52,7 +52,7 @@ def test_all_options_valid_start(make_broker, users):
     g = alice.create_group("G", [b])
     bob.sub_conv(g)
     r = alice.send(g, "x" * 1000)
-    assert r.rc == 0x10
+    assert r.rc in ACCEPTED
     assert bob.expect_message(g)["cmid"] == r.cmid
 
     # max_payload 4096: a 4097-byte payload is too large even though its body is small enough
@@ -99,7 +99,7 @@ def test_custom_prefix_end_to_end(make_broker, users):
     assert bob.subscribe(f"acme/c/{g}/+") == [1]
     assert dave.subscribe(f"acme/c/{g}/+") == [0x87]
     s = alice.send(g, "prefixed")
-    assert s.rc == 0x10
+    assert s.rc in ACCEPTED
     assert_stamped(bob.expect(f"acme/c/{g}/m"), g, 2, a, cmid=s.cmid, body="prefixed")
 
     # refusals come on acme/u/{me}/event

@@ -89,7 +89,7 @@ def test_offline_member_gets_exactly_one_push_online_member_none(push_broker, br
     g = alice.create_group("team", [b, c])
     carol.sub_conv(g)                 # carol stays connected
     bob.disconnect()
-    assert alice.send(g, "hello bob").rc == alice.ok_code
+    assert alice.send(g, "hello bob").rc in alice.ok_codes
     assert apns.wait_for(lambda: apns.accepted(tb), timeout=10)
     req = apns.accepted(tb)[0]
     aps = req.json["aps"]
@@ -112,7 +112,7 @@ def test_burst_is_coalesced_into_one_notification(push_broker, bridge, providers
     d = alice.create_direct(b)
     bob.disconnect()
     for i in range(5):
-        assert alice.send(d, f"burst {i}").rc == alice.ok_code
+        assert alice.send(d, f"burst {i}").rc in alice.ok_codes
     assert apns.wait_for(lambda: apns.accepted(tb), timeout=10)
     wait_quiet(1.0)
     got = apns.accepted(tb)
@@ -218,7 +218,7 @@ def test_broker_killed_with_jobs_pending_loses_none(push_broker, bridge, provide
     offline_with_device(push_broker, c, "apns", tc).disconnect()
     alice = push_broker.client(a, protocol=5)
     g = alice.create_group("g", [b, c])
-    assert alice.send(g, "before the crash").rc == alice.ok_code   # acked: message and jobs stored
+    assert alice.send(g, "before the crash").rc in alice.ok_codes   # acked: message and jobs stored
     push_broker.kill()                 # no bridge ever ran: both jobs are only in LMDB
     push_broker.start()
     bridge()

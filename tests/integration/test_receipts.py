@@ -40,7 +40,7 @@ def conv_entry(cl, conv: str) -> dict:
 def send_n(cl, conv: str, n: int, watchers=()) -> list[dict]:
     """n messages from cl; waits until every watcher has them; returns the stamped copies."""
     for i in range(n):
-        assert cl.send(conv, f"{cl.user} #{i}").rc == cl.ok_code
+        assert cl.send(conv, f"{cl.user} #{i}").rc in cl.ok_codes
     got = []
     for w in watchers:
         got = w.expect_n(f"chat/c/{conv}/m", n)
@@ -73,7 +73,7 @@ def test_receipt_fanned_out_stamped_to_every_member(broker, users, proto):
     send_n(alice, g, 3, watchers=devices)  # seq 2, 3, 4
 
     t0 = now_ms()
-    assert receipt(bob, g, delivered=3) == bob.ok_code
+    assert receipt(bob, g, delivered=3) in bob.ok_codes
     for d in devices:
         m = d.expect_msg(rtopic(g))
         assert m.qos == 1 and not m.retain, m
@@ -81,7 +81,7 @@ def test_receipt_fanned_out_stamped_to_every_member(broker, users, proto):
 
     # reading up to 4 implies delivered up to 4; the other device's receipt is fanned out the same way
     t1 = now_ms()
-    assert receipt(bob_ws, g, read=4) == bob_ws.ok_code
+    assert receipt(bob_ws, g, read=4) in bob_ws.ok_codes
     for d in devices:
         assert_receipt(d.expect(rtopic(g)), b, 4, 4, t1)
     for d in devices:
@@ -107,7 +107,7 @@ def test_cursors_move_independently_and_read_implies_delivered(broker, users):
     ]
     for cursors, (d, r) in steps:
         t0 = now_ms()
-        assert receipt(bob, g, **cursors) == bob.ok_code
+        assert receipt(bob, g, **cursors) in bob.ok_codes
         assert_receipt(carol.expect(rtopic(g)), b, d, r, t0)
     carol.expect_none(rtopic(g), wait=0.2)
     e = conv_entry(bob, g)
@@ -125,16 +125,16 @@ def test_cursor_at_or_behind_stored_is_ignored(broker, users, proto):
         d.sub_conv(g)
     send_n(alice, g, 3, watchers=[carol])  # last_seq 4
     t0 = now_ms()
-    assert receipt(bob, g, read=3) == bob.ok_code
+    assert receipt(bob, g, read=3) in bob.ok_codes
     assert_receipt(carol.expect(rtopic(g)), b, 3, 3, t0)
     assert_receipt(alice.expect(rtopic(g)), b, 3, 3, t0)
 
     for cursors in ({"read": 3}, {"read": 1}, {"delivered": 2}, {"delivered": 3, "read": 2}, {"delivered": 3}):
-        assert receipt(bob, g, **cursors) == bob.ok_code, f"{cursors}: an ignored receipt is still a success"
+        assert receipt(bob, g, **cursors) in bob.ok_codes, f"{cursors}: an ignored receipt is still a success"
     # nothing was published for those: the next thing watchers see is the next real move
     send_n(alice, g, 1, watchers=[carol])  # seq 5
     t1 = now_ms()
-    assert receipt(bob, g, delivered=5) == bob.ok_code
+    assert receipt(bob, g, delivered=5) in bob.ok_codes
     for w in (carol, alice):
         assert_receipt(w.expect(rtopic(g)), b, 5, 3, t1)
         w.expect_none(rtopic(g), wait=0.2 if w is carol else 0.0)
@@ -156,7 +156,7 @@ def test_cursor_beyond_last_seq_is_refused(broker, users, proto):
         expect_refused(bob, receipt(bob, g, **cursors), g, "invalid_field")
     # nothing stored, nothing published: the next receipt starts from zero
     t0 = now_ms()
-    assert receipt(bob, g, delivered=4) == bob.ok_code
+    assert receipt(bob, g, delivered=4) in bob.ok_codes
     assert_receipt(alice.expect(rtopic(g)), b, 4, 0, t0)
     alice.expect_none(rtopic(g), wait=0.2)
     e = conv_entry(bob, g)
@@ -188,7 +188,7 @@ def test_receipt_refusals(broker, users):
 
     # none of it was stored or published
     t0 = now_ms()
-    assert receipt(bob, g, read=1) == bob.ok_code
+    assert receipt(bob, g, read=1) in bob.ok_codes
     assert_receipt(alice.expect(rtopic(g)), b, 1, 1, t0)
     alice.expect_none(rtopic(g), wait=0.2)
     r = alice.ok("receipts.get", {"conv": g, "seq": 2})
@@ -205,7 +205,7 @@ def test_cursors_survive_a_broker_kill(make_broker, users):
     g = alice.create_group("R", [b, c])
     bob.sub_conv(g)
     msgs = send_n(alice, g, 5, watchers=[bob])  # seq 2..6
-    assert receipt(bob, g, delivered=6, read=3) == bob.ok_code  # PUBACK: committed
+    assert receipt(bob, g, delivered=6, read=3) in bob.ok_codes  # PUBACK: committed
 
     br.kill()
     br.start()
@@ -312,8 +312,8 @@ def test_receipts_get_read_by_n_of_m_and_who(broker, users):
     g = alice.create_group("R", [b, c, d])
     alice.sub_conv(g)
     send_n(bob, g, 1, watchers=[alice])      # seq 2, from bob
-    assert receipt(alice, g, read=2) == alice.ok_code
-    assert receipt(carol, g, delivered=2) == carol.ok_code
+    assert receipt(alice, g, read=2) in alice.ok_codes
+    assert receipt(carol, g, delivered=2) in carol.ok_codes
     alice.expect_n(rtopic(g), 2)
 
     full = {"conv": g, "seq": 2, "from": b, "of": 3, "read_by": 1, "delivered_to": 2}
@@ -372,7 +372,7 @@ def test_receipts_counts_over_a_range(broker, users):
     alice.sub_conv(g)
     send_n(alice, g, 5, watchers=[alice])   # seq 2..6
     assert receipt(bob, g, read=4) == 0
-    assert receipt(carol, g, delivered=6, read=2) == carol.ok_code
+    assert receipt(carol, g, delivered=6, read=2) in carol.ok_codes
     alice.expect_n(rtopic(g), 2)
 
     def row(seq, read_by, delivered_to, frm=a):
@@ -414,11 +414,11 @@ def test_group_above_receipt_fanout_max_stores_but_does_not_publish(make_broker,
     send_n(cl[a], big, 1, watchers=[cl[a]])    # seq 2
     send_n(cl[a], small, 1, watchers=[cl[a]])  # seq 2
 
-    assert receipt(cl[b], big, read=2) == cl[b].ok_code
+    assert receipt(cl[b], big, read=2) in cl[b].ok_codes
     assert receipt(cl[c], big, delivered=2) == 0
     # the small group's receipt is published after the big group's would have been
     t0 = now_ms()
-    assert receipt(cl[b], small, read=2) == cl[b].ok_code
+    assert receipt(cl[b], small, read=2) in cl[b].ok_codes
     for u in (a, b, c):
         assert_receipt(cl[u].expect(rtopic(small)), b, 2, 2, t0)
     for u in (a, b, c, d):

@@ -217,7 +217,7 @@ def test_group_above_typing_fanout_max_gets_no_typing_events(make_broker, users)
     for u in (a, b, c):
         cl[u].sub_conv(small)
 
-    assert typing(cl[b], big, qos=1) == cl[b].ok_code, "accepted, just not fanned out"
+    assert typing(cl[b], big, qos=1) in cl[b].ok_codes, "accepted, just not fanned out"
     t0 = now_ms()
     typing(cl[b], small)
     for u in (a, b, c):
@@ -238,7 +238,7 @@ def test_typing_is_never_stored(broker, users):
     bob = broker.client(b, protocol=4)
     g = alice.create_group("T", [b])
     bob.sub_conv(g)
-    assert alice.send(g, "real message").rc == alice.ok_code
+    assert alice.send(g, "real message").rc in alice.ok_codes
     msg = bob.expect_message(g)
     before = bob.ok("conv.list")["conversations"]
 
