@@ -139,6 +139,7 @@ size_t json__str_len(const char *s);
 char *json__put_str(char *dst, const char *s);
 char *json__put_u64(char *dst, uint64_t v);
 char *json__put_raw(char *dst, const char *s, size_t n);
+char *json__put_plain(char *dst, const char *s, size_t n);
 /* One member of a flat object read by json__flat_parse. */
 struct json_flat {
 	const char *name;
@@ -147,6 +148,7 @@ struct json_flat {
 	const char *str;    /* decoded, NUL-terminated, in the scratch buffer */
 	size_t len;
 	uint64_t num;
+	bool plain;         /* str's bytes need no escaping: it prints as '"' + str + '"' */
 };
 /* Reads payload as an object whose members are all among f (each at most
  * once) with string values free of \u escapes and control bytes and plain

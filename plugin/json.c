@@ -59,29 +59,43 @@ uint64_t json__now_ms(void)
  * Syntax
  * ====================================================================== */
 
-static bool id_char(unsigned char c, bool colon)
-{
-	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')
-		|| c == '_' || c == '.' || c == '@' || c == '-' || (colon && c == ':');
-}
+/* What each byte may be in an id: ID_CHAR for A-Z a-z 0-9 _ . @ -, ID_COLON
+ * for ':' (a cmid may hold it), nothing for the rest. A table: ids are checked
+ * on every publish (topic, username, cmid). */
+enum { ID_CHAR = 1, ID_COLON = 2 };
+static const unsigned char id_class[256] = {
+	['a'] = ID_CHAR, ['b'] = ID_CHAR, ['c'] = ID_CHAR, ['d'] = ID_CHAR, ['e'] = ID_CHAR, ['f'] = ID_CHAR,
+	['g'] = ID_CHAR, ['h'] = ID_CHAR, ['i'] = ID_CHAR, ['j'] = ID_CHAR, ['k'] = ID_CHAR, ['l'] = ID_CHAR,
+	['m'] = ID_CHAR, ['n'] = ID_CHAR, ['o'] = ID_CHAR, ['p'] = ID_CHAR, ['q'] = ID_CHAR, ['r'] = ID_CHAR,
+	['s'] = ID_CHAR, ['t'] = ID_CHAR, ['u'] = ID_CHAR, ['v'] = ID_CHAR, ['w'] = ID_CHAR, ['x'] = ID_CHAR,
+	['y'] = ID_CHAR, ['z'] = ID_CHAR,
+	['A'] = ID_CHAR, ['B'] = ID_CHAR, ['C'] = ID_CHAR, ['D'] = ID_CHAR, ['E'] = ID_CHAR, ['F'] = ID_CHAR,
+	['G'] = ID_CHAR, ['H'] = ID_CHAR, ['I'] = ID_CHAR, ['J'] = ID_CHAR, ['K'] = ID_CHAR, ['L'] = ID_CHAR,
+	['M'] = ID_CHAR, ['N'] = ID_CHAR, ['O'] = ID_CHAR, ['P'] = ID_CHAR, ['Q'] = ID_CHAR, ['R'] = ID_CHAR,
+	['S'] = ID_CHAR, ['T'] = ID_CHAR, ['U'] = ID_CHAR, ['V'] = ID_CHAR, ['W'] = ID_CHAR, ['X'] = ID_CHAR,
+	['Y'] = ID_CHAR, ['Z'] = ID_CHAR,
+	['0'] = ID_CHAR, ['1'] = ID_CHAR, ['2'] = ID_CHAR, ['3'] = ID_CHAR, ['4'] = ID_CHAR, ['5'] = ID_CHAR,
+	['6'] = ID_CHAR, ['7'] = ID_CHAR, ['8'] = ID_CHAR, ['9'] = ID_CHAR,
+	['_'] = ID_CHAR, ['.'] = ID_CHAR, ['@'] = ID_CHAR, ['-'] = ID_CHAR, [':'] = ID_COLON,
+};
 
-static bool valid_chars(const char *s, size_t len, bool colon)
+static bool valid_chars(const char *s, size_t len, unsigned char allowed)
 {
 	if(!s || len == 0 || len > CHAT_ID_MAX) return false;
 	for(size_t i = 0; i < len; i++){
-		if(!id_char((unsigned char)s[i], colon)) return false;
+		if(!(id_class[(unsigned char)s[i]] & allowed)) return false;
 	}
 	return true;
 }
 
 bool json__valid_id(const char *s, size_t len)
 {
-	return valid_chars(s, len, false);
+	return valid_chars(s, len, ID_CHAR);
 }
 
 bool json__valid_cmid(const char *s, size_t len)
 {
-	return valid_chars(s, len, true);
+	return valid_chars(s, len, ID_CHAR | ID_COLON);
 }
 
 /* Strict UTF-8 (RFC 3629): no overlongs, no surrogates, nothing past
@@ -277,11 +291,38 @@ static const unsigned char esc_len[256] = {
 	1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
 };
 
+/* The length of the run of bytes at the start of s (n bytes) that stand for
+ * themselves in a JSON string (esc_len 1: not ", \ or a control byte). Eight
+ * bytes at a time: a word holds one of those if one of its bytes is below
+ * 0x20 or becomes zero when xor'ed with '"' or '\\' (the "has a byte less
+ * than" test, exact as to whether any byte matched); the word it is in is
+ * then walked byte by byte. */
+static size_t plain_run(const unsigned char *s, size_t n)
+{
+	const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+	const uint64_t quotes = ones * '"', backslashes = ones * '\\', controls = ones * 0x20;
+	size_t i = 0;
+
+	for(; n - i >= 8; i += 8){
+		uint64_t w, q, b;
+		memcpy(&w, s + i, 8);
+		q = w ^ quotes;
+		b = w ^ backslashes;
+		if((((w - controls) & ~w) | ((q - ones) & ~q) | ((b - ones) & ~b)) & highs) break;
+	}
+	while(i < n && esc_len[s[i]] == 1) i++;
+	return i;
+}
+
 /* Bytes json__put_str writes for s, quotes included. */
 size_t json__str_len(const char *s)
 {
-	size_t n = 2;
-	for(const unsigned char *p = (const unsigned char *)s; *p; p++) n += esc_len[*p];
+	const unsigned char *u = (const unsigned char *)s;
+	size_t len = strlen(s), n = 2 + len;
+
+	for(size_t i = plain_run(u, len); i < len; i += 1 + plain_run(u + i + 1, len - i - 1)){
+		n += esc_len[u[i]] - 1u;
+	}
 	return n;
 }
 
@@ -290,15 +331,15 @@ size_t json__str_len(const char *s)
 char *json__put_str(char *dst, const char *s)
 {
 	static const char hex[] = "0123456789abcdef";
-	const unsigned char *p = (const unsigned char *)s;
+	const unsigned char *p = (const unsigned char *)s, *end = p + strlen(s);
 
 	*dst++ = '"';
 	for(;;){
-		const unsigned char *run = p;
-		while(esc_len[*p] == 1) p++;
-		memcpy(dst, run, (size_t)(p - run));
-		dst += p - run;
-		if(!*p) break;
+		size_t run = plain_run(p, (size_t)(end - p));
+		memcpy(dst, p, run);
+		dst += run;
+		p += run;
+		if(p == end) break;
 		*dst++ = '\\';
 		switch(*p){
 			case '"': *dst++ = '"'; break;
@@ -318,6 +359,17 @@ char *json__put_str(char *dst, const char *s)
 	}
 	*dst++ = '"';
 	return dst;
+}
+
+/* Writes the n bytes of s as a JSON string at dst (n + 2 bytes) when the
+ * caller knows none of them needs escaping (a json_flat's plain string, an
+ * id); returns the end. */
+char *json__put_plain(char *dst, const char *s, size_t n)
+{
+	*dst++ = '"';
+	memcpy(dst, s, n);
+	dst[n] = '"';
+	return dst + n + 1;
 }
 
 /* Writes v in decimal at dst (at most 20 bytes, no NUL); returns the end. */
@@ -351,18 +403,20 @@ static const char *skip_ws(const char *p, const char *end)
 }
 
 /* A string at p (just past its opening quote) decoded into *out; escapes
- * other than \uXXXX only, no control bytes. Returns the byte after the
- * closing quote, or NULL. */
-static const char *flat_string(const char *p, const char *end, char **out)
+ * other than \uXXXX only, no control bytes. *plain tells whether every
+ * decoded byte stands for itself in JSON (esc_len 1), so that it prints as
+ * '"' + bytes + '"'. Returns the byte after the closing quote, or NULL. */
+static const char *flat_string(const char *p, const char *end, char **out, bool *plain)
 {
 	char *o = *out;
+	*plain = true;
 	while(p < end){
-		const char *run = p;
-		unsigned char c;
 		/* a run of bytes that stand for themselves, copied at once */
-		while(p < end && esc_len[(unsigned char)*p] == 1) p++;
-		memcpy(o, run, (size_t)(p - run));
-		o += p - run;
+		size_t run = plain_run((const unsigned char *)p, (size_t)(end - p));
+		unsigned char c;
+		memcpy(o, p, run);
+		o += run;
+		p += run;
 		if(p == end) break;
 		c = (unsigned char)*p++;
 		if(c == '"'){
@@ -384,6 +438,7 @@ static const char *flat_string(const char *p, const char *end, char **out)
 				case 't': c = '\t'; break;
 				default: return NULL;   /* \u and anything else: the general path */
 			}
+			if(esc_len[c] != 1) *plain = false;
 		}
 		*o++ = (char)c;
 	}
@@ -404,10 +459,11 @@ bool json__flat_parse(const char *p, size_t len, struct json_flat *f, size_t nf,
 	}else for(;;){
 		const char *name;
 		struct json_flat *it = NULL;
+		bool plain;
 
 		if(p == end || *p++ != '"') return false;
 		name = o;
-		if(!(p = flat_string(p, end, &o))) return false;
+		if(!(p = flat_string(p, end, &o, &plain))) return false;
 		for(size_t i = 0; i < nf; i++){
 			if(!strcmp(f[i].name, name)) it = &f[i];
 		}
@@ -420,7 +476,7 @@ bool json__flat_parse(const char *p, size_t len, struct json_flat *f, size_t nf,
 		if(*p == '"'){
 			if(!it->string) return false;
 			it->str = o;
-			if(!(p = flat_string(p + 1, end, &o))) return false;
+			if(!(p = flat_string(p + 1, end, &o, &it->plain))) return false;
 			it->len = (size_t)(o - it->str - 1);
 		}else{
 			/* 1..15 digits, no leading zero: exact as a double too */

@@ -51,6 +51,8 @@ struct send_req {
 	const char *body;
 	int64_t reply_to;
 	bool has_reply_to;
+	bool body_plain;    /* the fast path saw no byte needing escaping: body_len bytes print as they are */
+	size_t body_len;    /* set with body_plain only */
 };
 
 static enum chat_err send__validate(struct chat *chat, const cJSON *root, struct send_req *r, struct chat_error *e)
@@ -108,6 +110,8 @@ static bool send__fast(struct chat *chat, const void *payload, size_t len, struc
 	if(f[3].present && (f[3].num < 1 || f[3].num > INT64_MAX / 2)) return false;
 	r->cmid = f[0].str;
 	r->body = f[2].str;
+	r->body_plain = f[2].plain;
+	r->body_len = f[2].len;
 	r->has_reply_to = f[3].present;
 	r->reply_to = (int64_t)f[3].num;
 	return true;
@@ -162,23 +166,25 @@ static enum chat_err stamp__store(struct chat *chat, struct store_txn *txn, cons
 /* A stamped text message, formatted straight into one buffer from the
  * validated send (no cJSON tree, no print: that was most of the hook's
  * cost): {"conv","seq","id","ts","from","cmid","type":"text","body"[,"reply_to"]}
- * — the bytes cJSON would print for it. Allocated with chat->payload_alloc
- * so the adapter can hand it to the broker as it is. */
+ * — the bytes cJSON would print for it. conv and from are valid ids and the
+ * cmid a valid cmid: none of them needs escaping; nor does a body the fast
+ * path found plain. Allocated with chat->payload_alloc so the adapter can
+ * hand it to the broker as it is. */
 static char *stamp__text(struct chat *chat, const char *conv, uint64_t seq, uint64_t ts, const char *from,
 		const struct send_req *r, size_t *len)
 {
 	static const char k_conv[] = "{\"conv\":", k_seq[] = ",\"seq\":", k_id[] = ",\"id\":\"", k_ts[] = ",\"ts\":",
 		k_from[] = ",\"from\":", k_cmid[] = ",\"cmid\":", k_body[] = ",\"type\":\"text\",\"body\":",
 		k_reply[] = ",\"reply_to\":";
-	size_t conv_len = strlen(conv);
+	size_t conv_len = strlen(conv), from_len = strlen(from), cmid_len = strlen(r->cmid);
 	size_t cap = sizeof(k_conv) + sizeof(k_seq) + sizeof(k_id) + sizeof(k_ts) + sizeof(k_from) + sizeof(k_cmid)
 		+ sizeof(k_body) + sizeof(k_reply) + 2 * conv_len + 2 + 4 * JSON_U64_MAX
-		+ json__str_len(conv) + json__str_len(from) + json__str_len(r->cmid) + json__str_len(r->body);
+		+ from_len + 2 + cmid_len + 2 + (r->body_plain ? r->body_len + 2 : json__str_len(r->body));
 	char *buf = chat->payload_alloc(cap), *p = buf;
 
 	if(!buf) return NULL;
 	p = json__put_raw(p, k_conv, sizeof(k_conv) - 1);
-	p = json__put_str(p, conv);
+	p = json__put_plain(p, conv, conv_len);
 	p = json__put_raw(p, k_seq, sizeof(k_seq) - 1);
 	p = json__put_u64(p, seq);
 	/* ids are [A-Za-z0-9_.@:-]: "conv:seq" needs no escaping */
@@ -190,11 +196,11 @@ static char *stamp__text(struct chat *chat, const char *conv, uint64_t seq, uint
 	p = json__put_raw(p, k_ts, sizeof(k_ts) - 1);
 	p = json__put_u64(p, ts);
 	p = json__put_raw(p, k_from, sizeof(k_from) - 1);
-	p = json__put_str(p, from);
+	p = json__put_plain(p, from, from_len);
 	p = json__put_raw(p, k_cmid, sizeof(k_cmid) - 1);
-	p = json__put_str(p, r->cmid);
+	p = json__put_plain(p, r->cmid, cmid_len);
 	p = json__put_raw(p, k_body, sizeof(k_body) - 1);
-	p = json__put_str(p, r->body);
+	p = r->body_plain ? json__put_plain(p, r->body, r->body_len) : json__put_str(p, r->body);
 	if(r->has_reply_to){
 		p = json__put_raw(p, k_reply, sizeof(k_reply) - 1);
 		p = json__put_u64(p, (uint64_t)r->reply_to);
