@@ -295,8 +295,8 @@ static const unsigned char esc_len[256] = {
  * themselves in a JSON string (esc_len 1: not ", \ or a control byte). Eight
  * bytes at a time: a word holds one of those if one of its bytes is below
  * 0x20 or becomes zero when xor'ed with '"' or '\\' (the "has a byte less
- * than" test, exact as to whether any byte matched); the word it is in is
- * then walked byte by byte. */
+ * than" test, exact as to whether any byte matched, and on a little-endian
+ * machine its lowest mark is the first match). */
 static size_t plain_run(const unsigned char *s, size_t n)
 {
 	const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
@@ -304,11 +304,19 @@ static size_t plain_run(const unsigned char *s, size_t n)
 	size_t i = 0;
 
 	for(; n - i >= 8; i += 8){
-		uint64_t w, q, b;
+		uint64_t w, q, b, hit;
 		memcpy(&w, s + i, 8);
 		q = w ^ quotes;
 		b = w ^ backslashes;
-		if((((w - controls) & ~w) | ((q - ones) & ~q) | ((b - ones) & ~b)) & highs) break;
+		hit = (((w - controls) & ~w) | ((q - ones) & ~q) | ((b - ones) & ~b)) & highs;
+		if(hit){
+#if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+			/* a borrow only marks bytes after a true match: the lowest mark is one */
+			return i + (size_t)__builtin_ctzll(hit) / 8;
+#else
+			break;
+#endif
+		}
 	}
 	while(i < n && esc_len[s[i]] == 1) i++;
 	return i;
