@@ -65,6 +65,12 @@ static void check_payload(const char *topic, const char *payload, size_t len)
 	if(!json__valid_utf8((const unsigned char *)payload, len)) fail("payload is not UTF-8", topic);
 	v = cJSON_ParseWithLength(payload, len);
 	if(!v) fail("payload is not JSON", topic);
+	/* a message (stamped without cJSON on the send path) is the bytes cJSON prints for it */
+	if(strlen(topic) > 2 && !strcmp(topic + strlen(topic) - 2, "/m")){
+		char *printed = cJSON_PrintUnformatted(v);
+		if(!printed || strlen(printed) != len || memcmp(printed, payload, len)) fail("message not as cJSON prints it", topic);
+		cJSON_free(printed);
+	}
 	cJSON_Delete(v);
 }
 
