@@ -5,7 +5,8 @@
  * single-threaded, so there is at most one write transaction at a time; read
  * transactions reuse one handle (mdb_txn_reset / mdb_txn_renew) so an ACL
  * check costs no allocation, and are reset as soon as the caller is done so a
- * reader never pins old pages.
+ * reader never pins old pages. The reused reader is renewed only when a
+ * lookup reaches LMDB: one the read cache answers (below) costs no renew.
  *
  * Durability modes. sync_each: every commit is fsynced before it returns
  * (LMDB's default). Otherwise MDB_NOSYNC | MDB_WRITEMAP: a commit writes its
@@ -92,7 +93,8 @@ struct store {
 	MDB_env *env;
 	MDB_dbi dbi[DBI_COUNT];
 	MDB_txn *rtxn;          /* the reusable read transaction, reset when idle */
-	bool rtxn_live;
+	struct store_txn rtx;   /* the store_txn that holds it */
+	bool rtxn_live;         /* rtx is handed out */
 	bool sync_each;
 	atomic_bool dirty;      /* commits not yet flushed (sync_each off) */
 	unsigned flush_ms;
@@ -633,55 +635,69 @@ size_t store__map_size(const struct store *s)
 int store__begin(struct store *s, bool write, struct store_txn **out)
 {
 	struct store_txn *t;
-	int rc;
+	int rc = 0;
 
 	*out = NULL;
 	if(write && !s->wtxn_busy){
 		t = &s->wtxn;
+	}else if(!write && !s->rtxn_live){
+		t = &s->rtx;
 	}else{
 		t = malloc(sizeof(*t));
 		if(!t) return STORE_ERR;
 	}
 	t->s = s;
 	t->write = write;
+	t->txn = NULL;
 	t->wrote_cm = t->wrote_msgs = false;
 	t->epoch = s->epoch;
 	t->pending = PENDING_NONE;
 	if(write){
 		s->full = false;
 		rc = mdb_txn_begin(s->env, NULL, 0, &t->txn);
-	}else if(s->rtxn && !s->rtxn_live){
-		rc = mdb_txn_renew(s->rtxn);
-		t->txn = s->rtxn;
-	}else if(!s->rtxn){
-		rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &s->rtxn);
-		t->txn = s->rtxn;
-	}else{
-		/* nested use of the cached reader: give this caller its own */
+	}else if(t != &s->rtx){
+		/* nested use of the reused reader: give this caller its own */
 		rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &t->txn);
-	}
+	}   /* else the reused reader, renewed on first use (txn_mdb) */
 	if(rc){
 		if(t != &s->wtxn) free(t);
 		return map_rc(s, rc, "begin");
 	}
 	if(t == &s->wtxn) s->wtxn_busy = true;
-	if(t->txn == s->rtxn) s->rtxn_live = true;
+	if(t == &s->rtx) s->rtxn_live = true;
 	*out = t;
 	return STORE_OK;
 }
 
+/* The LMDB transaction of t. The reused reader is renewed here, when a
+ * lookup first needs LMDB; NULL (last_error set) if that failed. */
+static MDB_txn *txn_mdb(struct store_txn *t)
+{
+	struct store *s = t->s;
+	int rc;
+
+	if(t->txn) return t->txn;
+	rc = s->rtxn ? mdb_txn_renew(s->rtxn) : mdb_txn_begin(s->env, NULL, MDB_RDONLY, &s->rtxn);
+	if(rc){
+		map_rc(s, rc, "begin");
+		return NULL;
+	}
+	t->txn = s->rtxn;
+	return t->txn;
+}
+
 static void txn_free(struct store_txn *t)
 {
-	if(t == &t->s->wtxn) t->s->wtxn_busy = false;
+	struct store *s = t->s;
+	if(t == &s->wtxn) s->wtxn_busy = false;
+	else if(t == &s->rtx) s->rtxn_live = false;
 	else free(t);
 }
 
 static void txn_release(struct store_txn *t)
 {
-	struct store *s = t->s;
-	if(t->txn == s->rtxn){
-		mdb_txn_reset(s->rtxn);
-		s->rtxn_live = false;
+	if(t == &t->s->rtx){
+		if(t->txn) mdb_txn_reset(t->txn);
 	}else{
 		mdb_txn_abort(t->txn);
 	}
@@ -697,6 +713,9 @@ int store__commit(struct store_txn *t)
 		txn_release(t);
 		return STORE_OK;
 	}
+	/* a reused reader handed out before this write and not renewed yet
+	 * takes its snapshot now, as if it had at its begin */
+	if(s->rtxn_live && !s->rtx.txn) txn_mdb(&s->rtx);
 	rc = mdb_txn_commit(t->txn);
 	if(rc == 0) cache_committed(t);
 	txn_free(t);
@@ -722,13 +741,16 @@ void store__abort(struct store_txn *t)
 static int kv_get(struct store_txn *t, int dbi, const void *k, size_t kl, MDB_val *v)
 {
 	MDB_val key = {kl, (void *)k};
-	return map_rc(t->s, mdb_get(t->txn, t->s->dbi[dbi], &key, v), dbi_names[dbi]);
+	MDB_txn *tx = txn_mdb(t);
+	if(!tx) return STORE_ERR;
+	return map_rc(t->s, mdb_get(tx, t->s->dbi[dbi], &key, v), dbi_names[dbi]);
 }
 
 static int kv_put(struct store_txn *t, int dbi, const void *k, size_t kl, const void *d, size_t dl)
 {
 	MDB_val key = {kl, (void *)k};
 	MDB_val val = {dl, (void *)d};
+	if(!txn_mdb(t)) return STORE_ERR;
 	cache_note_write(t, dbi);
 	return map_rc(t->s, mdb_put(t->txn, t->s->dbi[dbi], &key, &val, 0), dbi_names[dbi]);
 }
@@ -736,6 +758,7 @@ static int kv_put(struct store_txn *t, int dbi, const void *k, size_t kl, const 
 static int kv_del(struct store_txn *t, int dbi, const void *k, size_t kl)
 {
 	MDB_val key = {kl, (void *)k};
+	if(!txn_mdb(t)) return STORE_ERR;
 	cache_note_write(t, dbi);
 	return map_rc(t->s, mdb_del(t->txn, t->s->dbi[dbi], &key, NULL), dbi_names[dbi]);
 }
@@ -750,6 +773,7 @@ static int prefix_each(struct store_txn *t, int dbi, const unsigned char *prefix
 	MDB_val k = {plen, (void *)prefix}, v;
 	int rc, out = STORE_OK;
 
+	if(!txn_mdb(t)) return STORE_ERR;
 	rc = mdb_cursor_open(t->txn, t->s->dbi[dbi], &cur);
 	if(rc) return map_rc(t->s, rc, "cursor");
 	rc = mdb_cursor_get(cur, &k, &v, plen ? MDB_SET_RANGE : MDB_FIRST);
@@ -783,6 +807,7 @@ static int last_seq(struct store_txn *t, const char *conv, uint64_t *seq)
 
 	*seq = 0;
 	if(!kl) return STORE_OK;
+	if(!txn_mdb(t)) return STORE_ERR;
 	rc = mdb_cursor_open(t->txn, t->s->dbi[DBI_MSGS], &cur);
 	if(rc) return map_rc(t->s, rc, "cursor");
 	rc = mdb_cursor_get(cur, &key, &v, MDB_SET_RANGE);
@@ -1014,6 +1039,7 @@ int store__msgs_range(struct store_txn *t, const char *conv, uint64_t lo, uint64
 	pl = id_prefix(k, conv);
 	kl = msg_key(k, conv, descending ? hi : lo);
 	if(!kl) return STORE_OK;
+	if(!txn_mdb(t)) return STORE_ERR;
 	rc = mdb_cursor_open(t->txn, t->s->dbi[DBI_MSGS], &cur);
 	if(rc) return map_rc(t->s, rc, "cursor");
 
@@ -1079,6 +1105,7 @@ int store__cmid_claim(struct store_txn *t, const char *conv, const char *from, c
 	be64_put(v, *seq);
 	/* one descent for the duplicate check and the insert: on MDB_KEYEXIST
 	 * LMDB hands back the stored value */
+	if(!txn_mdb(t)) return STORE_ERR;
 	rc = mdb_put(t->txn, t->s->dbi[DBI_CMIDS], &key, &val, MDB_NOOVERWRITE);
 	if(rc == MDB_KEYEXIST){
 		if(val.mv_size != 8) return STORE_ERR;
@@ -1311,6 +1338,7 @@ int store__job_put(struct store_txn *t, uint64_t id, uint64_t due_ms, uint64_t s
 	int rc;
 	be64_put(k, id);
 	/* MDB_RESERVE: write the record in place, no staging copy */
+	if(!txn_mdb(t)) return STORE_ERR;
 	rc = mdb_put(t->txn, t->s->dbi[DBI_PUSHQ], &key, &val, MDB_RESERVE);
 	if(rc) return map_rc(t->s, rc, "pushq");
 	be64_put(val.mv_data, due_ms);
@@ -1367,7 +1395,7 @@ int store__jobs_each(struct store_txn *t, store_job_cb cb, void *ud)
 size_t store__job_count(struct store_txn *t)
 {
 	MDB_stat st;
-	if(mdb_stat(t->txn, t->s->dbi[DBI_PUSHQ], &st)) return 0;
+	if(!txn_mdb(t) || mdb_stat(t->txn, t->s->dbi[DBI_PUSHQ], &st)) return 0;
 	return st.ms_entries;
 }
 
