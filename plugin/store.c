@@ -5,7 +5,8 @@
  * single-threaded, so there is at most one write transaction at a time; read
  * transactions reuse one handle (mdb_txn_reset / mdb_txn_renew) so an ACL
  * check costs no allocation, and are reset as soon as the caller is done so a
- * reader never pins old pages.
+ * reader never pins old pages. The reused reader is renewed only when a
+ * lookup reaches LMDB: one the read cache answers (below) costs no renew.
  *
  * Durability modes. sync_each: every commit is fsynced before it returns
  * (LMDB's default). Otherwise MDB_NOSYNC | MDB_WRITEMAP: a commit writes its
@@ -23,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 
 #include <lmdb.h>
@@ -51,17 +53,48 @@ static const char *const dbi_names[DBI_COUNT] = {
 	"pushdevs", "tokens", "prefs", "pushq", "pushpend", "meta",
 };
 
+/* What a write txn has noted for the read cache (see "Read cache"). */
+enum txn_pending { PENDING_NONE, PENDING_ONE, PENDING_MANY };
+
 struct store_txn {
 	struct store *s;
 	MDB_txn *txn;
 	bool write;
+	bool wrote_cm;          /* wrote convs or members: the generation moves at commit */
+	bool wrote_msgs;        /* wrote msgs: last_seq of pending_conv moves at commit */
+	uint64_t epoch;         /* s->epoch at begin: an older one means an older snapshot */
+	enum txn_pending pending;
+	uint64_t pending_seq;   /* the highest seq put in pending_conv */
+	char pending_conv[65];
+};
+
+/* One table of the read cache: open addressing, linear probing, never more
+ * than half full; an entry is malloc'd to the size of its key and value. */
+struct cache_entry {
+	uint64_t gen;           /* s->gen when it was read */
+	uint64_t last_seq;      /* conversations: the last message's seq */
+	uint32_t hash;
+	uint16_t klen;
+	uint8_t vlen;
+	bool found;             /* false: a negative entry (no such record) */
+	unsigned char data[];   /* the key (klen), then the value (vlen) */
+};
+
+struct cache {
+	struct cache_entry **slot;
+	uint32_t nslots;        /* 0 or a power of two, at most 2 * cap */
+	uint32_t count;
+	uint32_t cap;
+	uint64_t hits, misses, clears;
+	size_t bytes;           /* entries' malloc'd sizes */
 };
 
 struct store {
 	MDB_env *env;
 	MDB_dbi dbi[DBI_COUNT];
 	MDB_txn *rtxn;          /* the reusable read transaction, reset when idle */
-	bool rtxn_live;
+	struct store_txn rtx;   /* the store_txn that holds it */
+	bool rtxn_live;         /* rtx is handed out */
 	bool sync_each;
 	atomic_bool dirty;      /* commits not yet flushed (sync_each off) */
 	unsigned flush_ms;
@@ -74,6 +107,11 @@ struct store {
 	uint64_t full_count;    /* writes that failed with MDB_MAP_FULL */
 	struct store_txn wtxn;  /* the one write transaction (the broker is single-threaded) */
 	bool wtxn_busy;
+	struct cache convs;     /* read cache of store__conv_get */
+	struct cache members;   /* read cache of store__member_get */
+	uint64_t gen;           /* cache entries of an older generation are misses */
+	uint64_t epoch;         /* moves with every commit that changes what the cache answers */
+	uint32_t seed;          /* of the cache's hash */
 	char last_error[160];
 };
 
@@ -147,6 +185,238 @@ static int map_rc(struct store *s, int rc, const char *what)
 			snprintf(s->last_error, sizeof(s->last_error), "%s: %s", what, mdb_strerror(rc));
 			return STORE_ERR;
 	}
+}
+
+/* ====================================================================== *
+ * Read cache: conversation records and memberships
+ * ====================================================================== */
+
+/*
+ * Every send reads its conversation (record and last_seq, a cursor seek in
+ * msgs) and the sender's membership, and every delivery's ACL check reads a
+ * membership. Those answers change rarely, and only through this file, so
+ * they are kept in memory: conv id -> record and last_seq, (conv, user) ->
+ * role, both with negative entries ("no such conversation", "not a member").
+ * Why the answers stay right:
+ *  - One writer, one thread. The broker's loop is the only caller of store.c
+ *    and every write goes through a store_txn: kv_put/kv_del note what a txn
+ *    wrote (the flusher thread only syncs). The format conversion at open
+ *    writes before the cache holds anything.
+ *  - Committed state only, by generation. Each entry keeps the generation
+ *    s->gen it was read at, and an entry of an older generation is a miss.
+ *    The commit of a txn that wrote convs or members bumps s->gen; an abort,
+ *    or a failed commit, applied nothing and changes nothing here.
+ *  - last_seq. store__msg_put notes (conv, seq) in its txn; once the txn has
+ *    committed, a current entry of that conv takes max(last_seq, seq) —
+ *    messages are never deleted, so the last key is the largest seq. A txn
+ *    that put messages in more than one conversation bumps s->gen instead.
+ *  - A txn sees its own writes. Once a write txn has written convs, members
+ *    or msgs, its conv/member reads go to LMDB and fill nothing. A txn begun
+ *    before a commit that changed what the cache answers (a reader held open
+ *    across a write: s->epoch moved) reads an older snapshot than the cache's,
+ *    so it neither uses nor fills the cache either. Other txns use the cache
+ *    and fill it on a miss; errors are never cached.
+ *  - Exact keys. The hash only picks a slot; keys are compared byte for byte,
+ *    so a collision can cost a miss, never another key's answer (never a
+ *    membership). The hash is seeded at open, and a lookup probes at most
+ *    CACHE_PROBE_MAX slots (an insert that finds no room there replaces its
+ *    home slot's entry), so crafted ids cannot make lookups slow.
+ *  - Bounded. CACHE_CONVS_MAX and CACHE_MEMBERS_MAX entries (a table of
+ *    twice as many pointers, grown on demand); a full table is cleared
+ *    whole. An entry is its key and value plus 24 bytes (a membership of two
+ *    16-char ids: 58 bytes), so the member table holds the 30,000 memberships
+ *    of 10,000 clients in 3 conversations each in about 3 MB with room to
+ *    spare, and never takes more than about 14 MB (conversations: 4 MB).
+ *    Everything is freed at store__close.
+ */
+#define CACHE_MEMBERS_MAX 65536u
+#define CACHE_CONVS_MAX 16384u
+#define CACHE_PROBE_MAX 16u
+#define CACHE_SLOTS_MIN 64u
+#define CACHE_KEY_MAX (64 + 1 + 64)          /* conv \0 user */
+#define CONV_REC_MAX (9 + 128)              /* type, created_ms, name: see store__conv_put */
+
+static uint32_t cache_hash(const struct store *s, const void *k, size_t kl)
+{
+	const unsigned char *p = k;
+	uint32_t h = 2166136261u ^ s->seed;     /* FNV-1a, then a final mix for the low bits */
+	for(size_t i = 0; i < kl; i++){
+		h ^= p[i];
+		h *= 16777619u;
+	}
+	h ^= h >> 16;
+	h *= 0x85ebca6bu;
+	h ^= h >> 13;
+#ifdef STORE_CACHE_TEST_HASH_MASK
+	h &= STORE_CACHE_TEST_HASH_MASK;        /* tests/unit/test_cache_collide.c: collisions everywhere */
+#endif
+	return h;
+}
+
+/* The slot of key k (hash h) in c, or of the free slot where it would go, or
+ * NULL when neither is within CACHE_PROBE_MAX slots of its home. */
+static struct cache_entry **cache_slot(struct cache *c, uint32_t h, const void *k, size_t kl)
+{
+	uint32_t mask = c->nslots - 1;
+	if(!c->nslots) return NULL;
+	for(uint32_t i = 0; i < CACHE_PROBE_MAX && i < c->nslots; i++){
+		struct cache_entry **sl = &c->slot[(h + i) & mask];
+		struct cache_entry *e = *sl;
+		if(!e || (e->hash == h && e->klen == kl && memcmp(e->data, k, kl) == 0)) return sl;
+	}
+	return NULL;
+}
+
+/* The entry of key k if it is there and of the current generation. */
+static struct cache_entry *cache_get(struct store *s, struct cache *c, uint32_t h, const void *k, size_t kl)
+{
+	struct cache_entry **sl = cache_slot(c, h, k, kl);
+	if(sl && *sl && (*sl)->gen == s->gen){
+		c->hits++;
+		return *sl;
+	}
+	c->misses++;
+	return NULL;
+}
+
+static void cache_clear(struct cache *c)
+{
+	for(uint32_t i = 0; i < c->nslots; i++){
+		free(c->slot[i]);
+		c->slot[i] = NULL;
+	}
+	c->count = 0;
+	c->bytes = 0;
+}
+
+static void cache_free(struct cache *c)
+{
+	cache_clear(c);
+	free(c->slot);
+	c->slot = NULL;
+	c->nslots = 0;
+}
+
+/* Puts e in its slot (replacing an entry of the same key, or the one in its
+ * home slot when the probe finds no room). */
+static void cache_place(struct cache *c, struct cache_entry *e)
+{
+	struct cache_entry **sl = cache_slot(c, e->hash, e->data, e->klen);
+	if(!sl) sl = &c->slot[e->hash & (c->nslots - 1)];
+	if(*sl){
+		c->bytes -= sizeof(**sl) + (*sl)->klen + (*sl)->vlen;
+		free(*sl);
+	}else{
+		c->count++;
+	}
+	*sl = e;
+	c->bytes += sizeof(*e) + e->klen + e->vlen;
+}
+
+/* Doubles the slots (up to twice the cap); false if that failed. */
+static bool cache_grow(struct cache *c)
+{
+	struct cache_entry **old = c->slot;
+	uint32_t n = c->nslots;
+	uint32_t want = n ? n * 2 : CACHE_SLOTS_MIN;
+	struct cache_entry **slot = calloc(want, sizeof(*slot));
+
+	if(!slot) return false;
+	c->slot = slot;
+	c->nslots = want;
+	c->count = 0;
+	c->bytes = 0;
+	for(uint32_t i = 0; i < n; i++){
+		if(old[i]) cache_place(c, old[i]);
+	}
+	free(old);
+	return true;
+}
+
+/* Records what LMDB answered for key k at the current generation: found with
+ * value v (vl bytes) and last_seq, or not found. Out of memory: nothing
+ * cached. */
+static void cache_fill(struct store *s, struct cache *c, uint32_t h, const void *k, size_t kl, bool found,
+		const void *v, size_t vl, uint64_t last_seq)
+{
+	struct cache_entry *e;
+
+	if(kl > CACHE_KEY_MAX || vl > UINT8_MAX) return;
+	if(c->count >= c->cap){
+		cache_clear(c);
+		c->clears++;
+	}
+	if(c->count + 1 > c->nslots / 2 && c->nslots < 2 * c->cap && !cache_grow(c)) return;
+	e = malloc(sizeof(*e) + kl + vl);
+	if(!e) return;
+	e->gen = s->gen;
+	e->last_seq = last_seq;
+	e->hash = h;
+	e->klen = (uint16_t)kl;
+	e->vlen = (uint8_t)vl;
+	e->found = found;
+	memcpy(e->data, k, kl);
+	if(vl) memcpy(e->data + kl, v, vl);
+	cache_place(c, e);
+}
+
+/* May txn t answer from the cache and fill it? */
+static bool cache_usable(const struct store_txn *t)
+{
+	return !t->wrote_cm && !t->wrote_msgs && t->epoch == t->s->epoch;
+}
+
+/* A write into dbi by t (called before the write, whatever its outcome). */
+static void cache_note_write(struct store_txn *t, int dbi)
+{
+	if(dbi == DBI_CONVS || dbi == DBI_MEMBERS) t->wrote_cm = true;
+	else if(dbi == DBI_MSGS) t->wrote_msgs = true;
+}
+
+/* A message seq stored in conv by t. */
+static void cache_note_msg(struct store_txn *t, const char *conv, uint64_t seq)
+{
+	size_t l = strlen(conv);
+	if(t->pending == PENDING_NONE && l < sizeof(t->pending_conv)){
+		memcpy(t->pending_conv, conv, l + 1);
+		t->pending_seq = seq;
+		t->pending = PENDING_ONE;
+	}else if(t->pending == PENDING_ONE && strcmp(t->pending_conv, conv) == 0){
+		if(seq > t->pending_seq) t->pending_seq = seq;
+	}else{
+		t->pending = PENDING_MANY;
+	}
+}
+
+/* Write txn t has committed: apply what it changed to the cache. */
+static void cache_committed(struct store_txn *t)
+{
+	struct store *s = t->s;
+	if(t->wrote_cm || t->pending == PENDING_MANY){
+		s->gen++;
+		s->epoch++;
+	}else if(t->pending == PENDING_ONE){
+		size_t kl = strlen(t->pending_conv);
+		struct cache_entry **sl = cache_slot(&s->convs, cache_hash(s, t->pending_conv, kl), t->pending_conv, kl);
+		if(sl && *sl && (*sl)->gen == s->gen && (*sl)->found && (*sl)->last_seq < t->pending_seq){
+			(*sl)->last_seq = t->pending_seq;
+		}
+		s->epoch++;
+	}
+}
+
+void store__cache_stats(const struct store *s, struct store_cache_stats *st)
+{
+	st->conv_hits = s->convs.hits;
+	st->conv_misses = s->convs.misses;
+	st->conv_clears = s->convs.clears;
+	st->conv_entries = s->convs.count;
+	st->member_hits = s->members.hits;
+	st->member_misses = s->members.misses;
+	st->member_clears = s->members.clears;
+	st->member_entries = s->members.count;
+	st->bytes = s->convs.bytes + s->members.bytes + ((size_t)s->convs.nslots + s->members.nslots) * sizeof(void *);
+	st->generation = s->gen;
 }
 
 /* ====================================================================== *
@@ -256,6 +526,10 @@ int store__open(struct store **out, const char *path, size_t map_size, bool sync
 	}
 	s->sync_each = sync_each;
 	s->flush_ms = flush_ms;
+	s->convs.cap = CACHE_CONVS_MAX;
+	s->members.cap = CACHE_MEMBERS_MAX;
+	s->gen = 1;
+	if(getrandom(&s->seed, sizeof(s->seed), GRND_NONBLOCK) != sizeof(s->seed)) s->seed = (uint32_t)time(NULL);
 	atomic_init(&s->dirty, false);
 	pthread_mutex_init(&s->flush_lock, NULL);
 	pthread_cond_init(&s->flush_wake, NULL);
@@ -320,6 +594,8 @@ void store__close(struct store *s)
 	}
 	pthread_cond_destroy(&s->flush_wake);
 	pthread_mutex_destroy(&s->flush_lock);
+	cache_free(&s->convs);
+	cache_free(&s->members);
 	free(s);
 }
 
@@ -359,52 +635,69 @@ size_t store__map_size(const struct store *s)
 int store__begin(struct store *s, bool write, struct store_txn **out)
 {
 	struct store_txn *t;
-	int rc;
+	int rc = 0;
 
 	*out = NULL;
 	if(write && !s->wtxn_busy){
 		t = &s->wtxn;
+	}else if(!write && !s->rtxn_live){
+		t = &s->rtx;
 	}else{
 		t = malloc(sizeof(*t));
 		if(!t) return STORE_ERR;
 	}
 	t->s = s;
 	t->write = write;
+	t->txn = NULL;
+	t->wrote_cm = t->wrote_msgs = false;
+	t->epoch = s->epoch;
+	t->pending = PENDING_NONE;
 	if(write){
 		s->full = false;
 		rc = mdb_txn_begin(s->env, NULL, 0, &t->txn);
-	}else if(s->rtxn && !s->rtxn_live){
-		rc = mdb_txn_renew(s->rtxn);
-		t->txn = s->rtxn;
-	}else if(!s->rtxn){
-		rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &s->rtxn);
-		t->txn = s->rtxn;
-	}else{
-		/* nested use of the cached reader: give this caller its own */
+	}else if(t != &s->rtx){
+		/* nested use of the reused reader: give this caller its own */
 		rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &t->txn);
-	}
+	}   /* else the reused reader, renewed on first use (txn_mdb) */
 	if(rc){
 		if(t != &s->wtxn) free(t);
 		return map_rc(s, rc, "begin");
 	}
 	if(t == &s->wtxn) s->wtxn_busy = true;
-	if(t->txn == s->rtxn) s->rtxn_live = true;
+	if(t == &s->rtx) s->rtxn_live = true;
 	*out = t;
 	return STORE_OK;
 }
 
+/* The LMDB transaction of t. The reused reader is renewed here, when a
+ * lookup first needs LMDB; NULL (last_error set) if that failed. */
+static MDB_txn *txn_mdb(struct store_txn *t)
+{
+	struct store *s = t->s;
+	int rc;
+
+	if(t->txn) return t->txn;
+	rc = s->rtxn ? mdb_txn_renew(s->rtxn) : mdb_txn_begin(s->env, NULL, MDB_RDONLY, &s->rtxn);
+	if(rc){
+		map_rc(s, rc, "begin");
+		return NULL;
+	}
+	t->txn = s->rtxn;
+	return t->txn;
+}
+
 static void txn_free(struct store_txn *t)
 {
-	if(t == &t->s->wtxn) t->s->wtxn_busy = false;
+	struct store *s = t->s;
+	if(t == &s->wtxn) s->wtxn_busy = false;
+	else if(t == &s->rtx) s->rtxn_live = false;
 	else free(t);
 }
 
 static void txn_release(struct store_txn *t)
 {
-	struct store *s = t->s;
-	if(t->txn == s->rtxn){
-		mdb_txn_reset(s->rtxn);
-		s->rtxn_live = false;
+	if(t == &t->s->rtx){
+		if(t->txn) mdb_txn_reset(t->txn);
 	}else{
 		mdb_txn_abort(t->txn);
 	}
@@ -420,7 +713,11 @@ int store__commit(struct store_txn *t)
 		txn_release(t);
 		return STORE_OK;
 	}
+	/* a reused reader handed out before this write and not renewed yet
+	 * takes its snapshot now, as if it had at its begin */
+	if(s->rtxn_live && !s->rtx.txn) txn_mdb(&s->rtx);
 	rc = mdb_txn_commit(t->txn);
+	if(rc == 0) cache_committed(t);
 	txn_free(t);
 	if(rc == 0 && !s->sync_each) atomic_store(&s->dirty, true);
 	return map_rc(s, rc, "commit");
@@ -444,19 +741,25 @@ void store__abort(struct store_txn *t)
 static int kv_get(struct store_txn *t, int dbi, const void *k, size_t kl, MDB_val *v)
 {
 	MDB_val key = {kl, (void *)k};
-	return map_rc(t->s, mdb_get(t->txn, t->s->dbi[dbi], &key, v), dbi_names[dbi]);
+	MDB_txn *tx = txn_mdb(t);
+	if(!tx) return STORE_ERR;
+	return map_rc(t->s, mdb_get(tx, t->s->dbi[dbi], &key, v), dbi_names[dbi]);
 }
 
 static int kv_put(struct store_txn *t, int dbi, const void *k, size_t kl, const void *d, size_t dl)
 {
 	MDB_val key = {kl, (void *)k};
 	MDB_val val = {dl, (void *)d};
+	if(!txn_mdb(t)) return STORE_ERR;
+	cache_note_write(t, dbi);
 	return map_rc(t->s, mdb_put(t->txn, t->s->dbi[dbi], &key, &val, 0), dbi_names[dbi]);
 }
 
 static int kv_del(struct store_txn *t, int dbi, const void *k, size_t kl)
 {
 	MDB_val key = {kl, (void *)k};
+	if(!txn_mdb(t)) return STORE_ERR;
+	cache_note_write(t, dbi);
 	return map_rc(t->s, mdb_del(t->txn, t->s->dbi[dbi], &key, NULL), dbi_names[dbi]);
 }
 
@@ -470,6 +773,7 @@ static int prefix_each(struct store_txn *t, int dbi, const unsigned char *prefix
 	MDB_val k = {plen, (void *)prefix}, v;
 	int rc, out = STORE_OK;
 
+	if(!txn_mdb(t)) return STORE_ERR;
 	rc = mdb_cursor_open(t->txn, t->s->dbi[dbi], &cur);
 	if(rc) return map_rc(t->s, rc, "cursor");
 	rc = mdb_cursor_get(cur, &k, &v, plen ? MDB_SET_RANGE : MDB_FIRST);
@@ -503,6 +807,7 @@ static int last_seq(struct store_txn *t, const char *conv, uint64_t *seq)
 
 	*seq = 0;
 	if(!kl) return STORE_OK;
+	if(!txn_mdb(t)) return STORE_ERR;
 	rc = mdb_cursor_open(t->txn, t->s->dbi[DBI_MSGS], &cur);
 	if(rc) return map_rc(t->s, rc, "cursor");
 	rc = mdb_cursor_get(cur, &key, &v, MDB_SET_RANGE);
@@ -515,31 +820,61 @@ static int last_seq(struct store_txn *t, const char *conv, uint64_t *seq)
 	return STORE_OK;
 }
 
-int store__conv_get(struct store_txn *t, const char *conv, struct store_conv *out)
+/* A conversation record: type(1) created_ms(8 BE) name(…), into buf
+ * (CONV_REC_MAX bytes); returns its length. */
+static size_t conv_encode(unsigned char *buf, const struct store_conv *c)
 {
-	MDB_val v;
-	size_t kl = strlen(conv);
-	int rc = kv_get(t, DBI_CONVS, conv, kl, &v);
-	if(rc) return rc;
-	if(v.mv_size < 9) return STORE_ERR;
-	const unsigned char *p = v.mv_data;
-	size_t nl = v.mv_size - 9;
+	size_t nl = strnlen(c->name, sizeof(c->name) - 1);
+	buf[0] = (unsigned char)c->type;
+	be64_put(buf + 1, c->created_ms);
+	memcpy(buf + 9, c->name, nl);
+	return 9 + nl;
+}
+
+/* Reads a record into out (all but last_seq); a name longer than out's is
+ * cut. */
+static int conv_decode(const unsigned char *p, size_t n, struct store_conv *out)
+{
+	size_t nl;
+	if(n < 9) return STORE_ERR;
+	nl = n - 9;
 	if(nl > sizeof(out->name) - 1) nl = sizeof(out->name) - 1;
 	out->type = (char)p[0];
 	out->created_ms = be64_get(p + 1);
 	memcpy(out->name, p + 9, nl);
 	out->name[nl] = '\0';
-	return last_seq(t, conv, &out->last_seq);
+	return STORE_OK;
+}
+
+int store__conv_get(struct store_txn *t, const char *conv, struct store_conv *out)
+{
+	struct store *s = t->s;
+	unsigned char rec[CONV_REC_MAX];
+	struct cache_entry *e;
+	MDB_val v;
+	size_t kl = strlen(conv);
+	bool fill = cache_usable(t) && kl <= CACHE_KEY_MAX;
+	uint32_t h = fill ? cache_hash(s, conv, kl) : 0;
+	int rc;
+
+	if(fill && (e = cache_get(s, &s->convs, h, conv, kl)) != NULL){
+		if(!e->found) return STORE_NOTFOUND;
+		out->last_seq = e->last_seq;
+		return conv_decode(e->data + e->klen, e->vlen, out);
+	}
+	rc = kv_get(t, DBI_CONVS, conv, kl, &v);
+	if(rc == STORE_NOTFOUND && fill) cache_fill(s, &s->convs, h, conv, kl, false, NULL, 0, 0);
+	if(rc) return rc;
+	if((rc = conv_decode(v.mv_data, v.mv_size, out)) != STORE_OK) return rc;
+	if((rc = last_seq(t, conv, &out->last_seq)) != STORE_OK) return rc;
+	if(fill) cache_fill(s, &s->convs, h, conv, kl, true, rec, conv_encode(rec, out), out->last_seq);
+	return STORE_OK;
 }
 
 int store__conv_put(struct store_txn *t, const char *conv, const struct store_conv *c)
 {
-	unsigned char buf[9 + sizeof(c->name)];
-	size_t nl = strlen(c->name);
-	buf[0] = (unsigned char)c->type;
-	be64_put(buf + 1, c->created_ms);
-	memcpy(buf + 9, c->name, nl);
-	return kv_put(t, DBI_CONVS, conv, strlen(conv), buf, 9 + nl);
+	unsigned char buf[CONV_REC_MAX];
+	return kv_put(t, DBI_CONVS, conv, strlen(conv), buf, conv_encode(buf, c));
 }
 
 
@@ -549,14 +884,28 @@ int store__conv_put(struct store_txn *t, const char *conv, const struct store_co
 
 int store__member_get(struct store_txn *t, const char *conv, const char *user, char *role)
 {
+	struct store *s = t->s;
 	unsigned char k[KEY_MAX];
+	struct cache_entry *e;
 	size_t kl = key_join(k, conv, user, NULL);
+	bool fill = kl && kl <= CACHE_KEY_MAX && cache_usable(t);
+	uint32_t h = fill ? cache_hash(s, k, kl) : 0;
 	MDB_val v;
+	char r;
 	int rc;
+
 	if(!kl) return STORE_NOTFOUND;
+	if(fill && (e = cache_get(s, &s->members, h, k, kl)) != NULL){
+		if(!e->found) return STORE_NOTFOUND;
+		if(role) *role = (char)e->data[e->klen];
+		return STORE_OK;
+	}
 	rc = kv_get(t, DBI_MEMBERS, k, kl, &v);
+	if(rc == STORE_NOTFOUND && fill) cache_fill(s, &s->members, h, k, kl, false, NULL, 0, 0);
 	if(rc) return rc;
-	if(role) *role = v.mv_size ? ((const char *)v.mv_data)[0] : 'm';
+	r = v.mv_size ? ((const char *)v.mv_data)[0] : 'm';
+	if(fill) cache_fill(s, &s->members, h, k, kl, true, &r, 1, 0);
+	if(role) *role = r;
 	return STORE_OK;
 }
 
@@ -656,8 +1005,11 @@ int store__msg_put(struct store_txn *t, const char *conv, uint64_t seq, const vo
 {
 	unsigned char k[KEY_MAX];
 	size_t kl = msg_key(k, conv, seq);
+	int rc;
 	if(!kl) return STORE_ERR;
-	return kv_put(t, DBI_MSGS, k, kl, data, len);
+	rc = kv_put(t, DBI_MSGS, k, kl, data, len);
+	if(rc == STORE_OK) cache_note_msg(t, conv, seq);
+	return rc;
 }
 
 int store__msg_get(struct store_txn *t, const char *conv, uint64_t seq, const void **data, size_t *len)
@@ -687,6 +1039,7 @@ int store__msgs_range(struct store_txn *t, const char *conv, uint64_t lo, uint64
 	pl = id_prefix(k, conv);
 	kl = msg_key(k, conv, descending ? hi : lo);
 	if(!kl) return STORE_OK;
+	if(!txn_mdb(t)) return STORE_ERR;
 	rc = mdb_cursor_open(t->txn, t->s->dbi[DBI_MSGS], &cur);
 	if(rc) return map_rc(t->s, rc, "cursor");
 
@@ -752,6 +1105,7 @@ int store__cmid_claim(struct store_txn *t, const char *conv, const char *from, c
 	be64_put(v, *seq);
 	/* one descent for the duplicate check and the insert: on MDB_KEYEXIST
 	 * LMDB hands back the stored value */
+	if(!txn_mdb(t)) return STORE_ERR;
 	rc = mdb_put(t->txn, t->s->dbi[DBI_CMIDS], &key, &val, MDB_NOOVERWRITE);
 	if(rc == MDB_KEYEXIST){
 		if(val.mv_size != 8) return STORE_ERR;
@@ -984,6 +1338,7 @@ int store__job_put(struct store_txn *t, uint64_t id, uint64_t due_ms, uint64_t s
 	int rc;
 	be64_put(k, id);
 	/* MDB_RESERVE: write the record in place, no staging copy */
+	if(!txn_mdb(t)) return STORE_ERR;
 	rc = mdb_put(t->txn, t->s->dbi[DBI_PUSHQ], &key, &val, MDB_RESERVE);
 	if(rc) return map_rc(t->s, rc, "pushq");
 	be64_put(val.mv_data, due_ms);
@@ -1040,7 +1395,7 @@ int store__jobs_each(struct store_txn *t, store_job_cb cb, void *ud)
 size_t store__job_count(struct store_txn *t)
 {
 	MDB_stat st;
-	if(mdb_stat(t->txn, t->s->dbi[DBI_PUSHQ], &st)) return 0;
+	if(!txn_mdb(t) || mdb_stat(t->txn, t->s->dbi[DBI_PUSHQ], &st)) return 0;
 	return st.ms_entries;
 }
 

@@ -147,6 +147,18 @@ struct store_usage {
 };
 int store__usage(struct store *s, struct store_usage *u);
 
+/* The in-memory read cache of store__conv_get and store__member_get (see
+ * "Read cache" in store.c): lookups answered from it (hits) or from LMDB
+ * (misses, counted only where the cache could be used), entries held, times
+ * a full table was cleared, the bytes it takes, and its generation. */
+struct store_cache_stats {
+	uint64_t conv_hits, conv_misses, conv_clears;
+	uint64_t member_hits, member_misses, member_clears;
+	size_t conv_entries, member_entries, bytes;
+	uint64_t generation;
+};
+void store__cache_stats(const struct store *s, struct store_cache_stats *st);
+
 /* Returns the next value (from 1) of the named counter. */
 int store__next_id(struct store_txn *txn, const char *name, uint64_t *id);
 
