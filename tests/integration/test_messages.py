@@ -10,6 +10,20 @@ from paho.mqtt.properties import Properties
 from helpers import ACCEPTED, assert_stamped, new_cmid, now_ms
 
 
+def send_all(cl, conv, payloads, start, failures, qos=1, props=None):
+    """Thread body: after the barrier, publish every send at once, then wait for each PUBACK (QoS 1 and 2);
+    what went wrong is appended to failures."""
+    try:
+        start.wait(5)
+        infos = [cl.publish(f"chat/send/{conv}", p, qos=qos, props=props, wait=False) for p in payloads]
+        for info in infos if qos else ():
+            rc = cl.wait_puback(info, timeout=30)
+            if rc not in cl.ok_codes:
+                failures.append((cl.user, info.mid, rc))
+    except Exception as e:  # noqa: BLE001
+        failures.append((cl.user, repr(e)))
+
+
 def test_stamped_on_every_device_of_every_member(broker, users):
     a, b = users("alice", "bob")
     a1 = broker.client(a, protocol=5)
@@ -92,17 +106,7 @@ def test_concurrent_senders_ordered_delivery(broker, users):
     start = threading.Barrier(n_senders)
 
     def run(cl):
-        try:
-            start.wait(5)
-            infos = []
-            for cmid in plan[cl.user]:
-                infos.append(cl.publish(f"chat/send/{g}", {"cmid": cmid, "body": f"b-{cmid}"}, wait=False))
-            for info in infos:
-                rc = cl.wait_puback(info, timeout=30)
-                if rc not in cl.ok_codes:
-                    failures.append((cl.user, info.mid, rc))
-        except Exception as e:  # noqa: BLE001
-            failures.append((cl.user, repr(e)))
+        send_all(cl, g, [{"cmid": cmid, "body": f"b-{cmid}"} for cmid in plan[cl.user]], start, failures)
 
     threads = [threading.Thread(target=run, args=(s,)) for s in senders]
     for t in threads:
@@ -271,17 +275,7 @@ def test_order_across_delivery_paths(broker, users):
     ud.UserProperty = ("k", "v")
 
     def sends(cl, qos, props=None):
-        try:
-            start.wait(5)
-            infos = [cl.publish(f"chat/send/{g}", {"cmid": f"{cl.user}.{k}", "body": f"{k}"}, qos=qos,
-                                props=props, wait=False) for k in range(per)]
-            if qos:
-                for info in infos:
-                    rc = cl.wait_puback(info, timeout=30)
-                    if rc not in cl.ok_codes:
-                        failures.append((cl.user, info.mid, rc))
-        except Exception as e:  # noqa: BLE001
-            failures.append((cl.user, repr(e)))
+        send_all(cl, g, [{"cmid": f"{cl.user}.{k}", "body": f"{k}"} for k in range(per)], start, failures, qos, props)
 
     def members():
         try:
