@@ -251,9 +251,9 @@ static void session_open(void)
 		trace = getenv("FUZZ_TRACE") && *getenv("FUZZ_TRACE") == '1';
 	}
 	remove_db();
-	random_calls = 0;
 	fake_now = 1763900000000ULL;
 	core_open();
+	random_calls = 0;   /* after the store's own getrandom (its cache's hash seed): ids start at 0 */
 
 	/* devices: 0 alice, 1 bob, 2 carol */
 	seed(0, "chat/req", "{\"op\":\"conv.create\",\"type\":\"group\",\"name\":\"team\",\"members\":[\"bob\",\"carol\"]}");
