@@ -110,6 +110,26 @@ static bool add_item(cJSON *parent, const char *name, cJSON *item)
 	return true;
 }
 
+/* The store's read cache (store.c): hits and misses since start, tables
+ * cleared for being full, entries and bytes now. */
+static cJSON *cache_part(struct chat *chat)
+{
+	struct store_cache_stats c;
+	cJSON *o = cJSON_CreateObject();
+
+	if(!o) return NULL;
+	store__cache_stats(chat->store, &c);
+	if(!cJSON_AddNumberToObject(o, "hits", (double)(c.conv_hits + c.member_hits))
+			|| !cJSON_AddNumberToObject(o, "misses", (double)(c.conv_misses + c.member_misses))
+			|| !cJSON_AddNumberToObject(o, "clears", (double)(c.conv_clears + c.member_clears))
+			|| !cJSON_AddNumberToObject(o, "entries", (double)(c.conv_entries + c.member_entries))
+			|| !cJSON_AddNumberToObject(o, "bytes", (double)c.bytes)){
+		cJSON_Delete(o);
+		return NULL;
+	}
+	return o;
+}
+
 static cJSON *store_part(struct chat *chat)
 {
 	struct store_usage u;
@@ -123,7 +143,8 @@ static cJSON *store_part(struct chat *chat)
 		jobs = store__job_count(txn);
 		store__abort(txn);
 	}
-	if(!cJSON_AddNumberToObject(o, "file_bytes", (double)u.file_bytes)
+	if(!add_item(o, "cache", cache_part(chat))
+			|| !cJSON_AddNumberToObject(o, "file_bytes", (double)u.file_bytes)
 			|| !cJSON_AddNumberToObject(o, "disk_bytes", (double)u.disk_bytes)
 			|| !cJSON_AddNumberToObject(o, "map_bytes", (double)u.map_bytes)
 			|| !cJSON_AddNumberToObject(o, "map_used_bytes", (double)u.used_bytes)

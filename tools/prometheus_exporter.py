@@ -80,6 +80,12 @@ def render(stats: dict | None, received: float | None, now: float, stale_factor:
     m.gauge("chat_store_map_used_bytes", "bytes of the LMDB map in use", st["map_used_bytes"])
     m.gauge("chat_store_map_used_ratio", "share of the LMDB map in use (0..1)", round(st["map_used_pct"] / 100.0, 6))
     m.gauge("chat_push_outbox_jobs", "push jobs waiting for the bridge", st["push_outbox"])
+    c = st["cache"]
+    m.counter("chat_cache_hits", "read cache lookups answered from memory since start", c["hits"])
+    m.counter("chat_cache_misses", "read cache lookups that read LMDB since start", c["misses"])
+    m.counter("chat_cache_clears", "read cache tables cleared whole for being full since start", c["clears"])
+    m.gauge("chat_cache_entries", "conversations and memberships in the read cache", c["entries"])
+    m.gauge("chat_cache_bytes", "memory the read cache holds", c["bytes"])
     return m.text()
 
 

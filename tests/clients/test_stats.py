@@ -114,6 +114,11 @@ def test_counters_move_with_traffic(broker, observer, users):
     assert s["history_requests"]["total"] - base["history_requests"]["total"] == 1
     # the rate of some report since base saw the 4 messages
     assert s["store"]["map_used_bytes"] >= base["store"]["map_used_bytes"]
+    # each send looked its conversation and the sender's membership up in the read cache: the first of each missed
+    # (and filled it), the later ones hit
+    c, c0 = s["store"]["cache"], base["store"]["cache"]
+    assert c["hits"] - c0["hits"] >= 4, (c0, c)
+    assert c["misses"] > c0["misses"] and c["entries"] >= 2 and c["bytes"] > 0 and c["clears"] == 0, (c0, c)
 
     # devices go when their connections end
     for c in (a, b, e):
@@ -241,7 +246,8 @@ def test_exporter_serves_parseable_metrics(broker, users):
         assert m[("chat_store_map_bytes", ())] == 64 << 20
         for name in ("chat_uptime_seconds", "chat_users_online", "chat_requests_total", "chat_history_requests_total",
                      "chat_store_file_bytes", "chat_store_disk_bytes", "chat_store_map_used_bytes",
-                     "chat_push_outbox_jobs", "chat_stats_age_seconds"):
+                     "chat_push_outbox_jobs", "chat_stats_age_seconds", "chat_cache_hits_total",
+                     "chat_cache_misses_total", "chat_cache_clears_total", "chat_cache_entries", "chat_cache_bytes"):
             assert (name, ()) in m, name
         with pytest.raises(urllib.error.HTTPError):
             ex.get("/other")
