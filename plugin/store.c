@@ -849,7 +849,6 @@ static int conv_decode(const unsigned char *p, size_t n, struct store_conv *out)
 int store__conv_get(struct store_txn *t, const char *conv, struct store_conv *out)
 {
 	struct store *s = t->s;
-	unsigned char rec[CONV_REC_MAX];
 	struct cache_entry *e;
 	MDB_val v;
 	size_t kl = strlen(conv);
@@ -867,7 +866,8 @@ int store__conv_get(struct store_txn *t, const char *conv, struct store_conv *ou
 	if(rc) return rc;
 	if((rc = conv_decode(v.mv_data, v.mv_size, out)) != STORE_OK) return rc;
 	if((rc = last_seq(t, conv, &out->last_seq)) != STORE_OK) return rc;
-	if(fill) cache_fill(s, &s->convs, h, conv, kl, true, rec, conv_encode(rec, out), out->last_seq);
+	/* v is still the record: last_seq only read (a write would move it) */
+	if(fill) cache_fill(s, &s->convs, h, conv, kl, true, v.mv_data, v.mv_size, out->last_seq);
 	return STORE_OK;
 }
 
