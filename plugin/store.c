@@ -29,6 +29,7 @@
 
 #include <lmdb.h>
 
+#include "journal.h"
 #include "store.h"
 
 enum {
@@ -66,6 +67,7 @@ struct store_txn {
 	enum txn_pending pending;
 	uint64_t pending_seq;   /* the highest seq put in pending_conv */
 	char pending_conv[65];
+	bool failed;            /* journaled: an LMDB write failed, the batch must be redone */
 };
 
 /* One table of the read cache: open addressing, linear probing, never more
@@ -112,6 +114,18 @@ struct store {
 	uint64_t gen;           /* cache entries of an older generation are misses */
 	uint64_t epoch;         /* moves with every commit that changes what the cache answers */
 	uint32_t seed;          /* of the cache's hash */
+	/* the journal (see "Journal") */
+	bool journaled;
+	unsigned commit_ms;     /* commit the batch at a tick once it is this old (0: every tick) */
+	struct journal *jr;
+	MDB_txn *batch;         /* the open LMDB write txn, NULL between commits */
+	uint64_t batch_since;   /* when it was begun (ms, monotonic) */
+	uint64_t lsn;           /* the last record written */
+	uint64_t applied;       /* the last record committed in LMDB */
+	bool broken;            /* a redo failed: writes are refused until a restart */
+	unsigned char *ops;     /* the write txn's operations, after JOURNAL_HEADER bytes of room */
+	size_t ops_len, ops_cap;
+	struct store_journal_stats jst;
 	char last_error[160];
 };
 
@@ -123,10 +137,13 @@ struct store {
  *      main database makes a format 1 build fail to start (its
  *      mdb_dbi_open("seqs") gets MDB_INCOMPATIBLE) instead of reading no
  *      last_seq and reusing seqs.
+ *   4: the same records; acknowledged writes may still be in the journal
+ *      file beside data.mdb (meta "journal": the last record LMDB holds), so
+ *      a format 3 build, which would not apply them, refuses the database.
  * (2, never released, had cursors still apart.) A database of a newer format
  * than FORMAT_VERSION is refused. */
 #define FORMAT_KEY "format"
-#define FORMAT_VERSION 3
+#define FORMAT_VERSION 4
 #define FORMAT1_SEQS "seqs"
 #define FORMAT1_CURSORS "cursors"
 
@@ -363,7 +380,11 @@ static void cache_fill(struct store *s, struct cache *c, uint32_t h, const void 
 /* May txn t answer from the cache and fill it? */
 static bool cache_usable(const struct store_txn *t)
 {
-	return !t->wrote_cm && !t->wrote_msgs && t->epoch == t->s->epoch;
+	const struct store *s = t->s;
+	/* journaled, a reader shares the batch with an open writer: it would see
+	 * what that writer has not committed yet */
+	if(s->journaled && s->wtxn_busy && t != &s->wtxn && (s->wtxn.wrote_cm || s->wtxn.wrote_msgs)) return false;
+	return !t->wrote_cm && !t->wrote_msgs && t->epoch == s->epoch;
 }
 
 /* A write into dbi by t (called before the write, whatever its outcome). */
@@ -451,6 +472,264 @@ static void *flusher_main(void *arg)
 	return NULL;
 }
 
+/* ====================================================================== *
+ * Journal
+ * ====================================================================== */
+
+/*
+ * Why. mosquitto 2.0 writes the PUBACK as soon as the message hook returns,
+ * so "acknowledged means stored" needs the message stored inside the hook,
+ * and an LMDB commit per message was most of what the plugin cost a send
+ * (≈ 13k of its 26k instructions; with fsync always, two syncs of ~8 pages).
+ * Journaled, a write txn instead:
+ *  - applies its puts and deletes to the batch, one LMDB write txn that
+ *    stays open across write txns (every txn, readers too, works in it, so
+ *    each sees what the ones before it committed), and notes each operation;
+ *  - at store__commit appends the operations as one record to the journal
+ *    (journal.h): copied into the shared mapping with fsync off — in the
+ *    page cache, safe from a killed broker — or written O_DSYNC with fsync
+ *    always — on the disk before the ack, one sync of one small write.
+ * The batch is committed to LMDB by store__tick (the broker's tick, which
+ * ends each loop pass; fsync always: once commit_ms old or the journal a
+ * quarter full, LMDB's own synced commit), together with the lsn of the last
+ * record it holds (meta "journal"); the journal then starts again at offset
+ * 0. LMDB stays what it was — synced commits with fsync always, so a power
+ * loss never finds it torn — and the journal only carries what was
+ * acknowledged since the last batch commit.
+ *  - Abort: a write txn that wrote and aborts (or whose LMDB write failed)
+ *    throws the batch away and redoes this round's records into a new one.
+ *  - Start: records from applied + 1 on (one chain: consecutive lsns, one
+ *    process lifetime, checksums — journal.h) are applied and committed
+ *    before anything else runs, whatever the options say, so turning the
+ *    journal off never strands acknowledged writes in it.
+ *  - A record that does not fit what is left of the round commits the
+ *    batch, that txn in it, instead.
+ *  - Without ticks (per_listener_settings true) the write that finds the
+ *    batch older than commit_ms + 1 s commits it.
+ * The op format: kind(1: put, 2: del) dbi(1, the DBI_* order: part of the
+ * on-disk format) klen(2 LE) vlen(4 LE) key value.
+ */
+#define JOURNAL_SIZE_DEFAULT (4u << 20)
+#define META_JOURNAL "journal"   /* meta: lsn of the last journal record LMDB holds (8 BE) */
+#define COMMIT_LATE_MS 1000u
+enum { OP_PUT = 1, OP_DEL = 2 };
+
+static uint64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static int ops_add(struct store *s, int kind, int dbi, const void *k, size_t kl, const void *v, size_t vl)
+{
+	size_t need = JOURNAL_HEADER + s->ops_len + 8 + kl + vl;
+	unsigned char *o;
+
+	if(need > s->ops_cap){
+		size_t cap = s->ops_cap ? s->ops_cap : 4096;
+		unsigned char *p;
+		while(cap < need) cap *= 2;
+		if(!(p = realloc(s->ops, cap))) return -1;
+		s->ops = p;
+		s->ops_cap = cap;
+	}
+	o = s->ops + JOURNAL_HEADER + s->ops_len;
+	o[0] = (unsigned char)kind;
+	o[1] = (unsigned char)dbi;
+	o[2] = (unsigned char)kl;
+	o[3] = (unsigned char)(kl >> 8);
+	for(int i = 0; i < 4; i++) o[4 + i] = (unsigned char)(vl >> (8 * i));
+	memcpy(o + 8, k, kl);
+	if(vl) memcpy(o + 8 + kl, v, vl);
+	s->ops_len += 8 + kl + vl;
+	return 0;
+}
+
+/* The outcome rc of an LMDB write by t: noted for the journal when it wrote,
+ * marks t failed when LMDB failed (the batch is then unusable). */
+static int wrote(struct store_txn *t, int rc, int kind, int dbi, const void *k, size_t kl, const void *v, size_t vl)
+{
+	struct store *s = t->s;
+	if(rc == MDB_NOTFOUND && kind == OP_DEL) return STORE_NOTFOUND;
+	if(rc){
+		t->failed = true;
+		return map_rc(s, rc, dbi_names[dbi]);
+	}
+	if(s->journaled && ops_add(s, kind, dbi, k, kl, v, vl) != 0){
+		t->failed = true;
+		snprintf(s->last_error, sizeof(s->last_error), "journal: out of memory");
+		return STORE_ERR;
+	}
+	return STORE_OK;
+}
+
+/* Applies one record's operations to txn. */
+static int ops_apply(struct store *s, MDB_txn *txn, const unsigned char *p, size_t n)
+{
+	while(n){
+		size_t kl, vl;
+		MDB_val k, v;
+		int rc;
+		if(n < 8) return MDB_CORRUPTED;
+		kl = (size_t)p[2] | (size_t)p[3] << 8;
+		vl = (size_t)p[4] | (size_t)p[5] << 8 | (size_t)p[6] << 16 | (size_t)p[7] << 24;
+		if(p[1] >= DBI_COUNT || kl == 0 || kl > n - 8 || vl > n - 8 - kl) return MDB_CORRUPTED;
+		k.mv_size = kl;
+		k.mv_data = (void *)(p + 8);
+		v.mv_size = vl;
+		v.mv_data = (void *)(p + 8 + kl);
+		if(p[0] == OP_PUT){
+			rc = mdb_put(txn, s->dbi[p[1]], &k, &v, 0);
+		}else if(p[0] == OP_DEL){
+			rc = mdb_del(txn, s->dbi[p[1]], &k, NULL);
+			if(rc == MDB_NOTFOUND) rc = 0;
+		}else{
+			return MDB_CORRUPTED;
+		}
+		if(rc) return rc;
+		p += 8 + kl + vl;
+		n -= 8 + kl + vl;
+	}
+	return 0;
+}
+
+static int replay_cb(void *ud, uint64_t lsn, const unsigned char *body, size_t len)
+{
+	struct store *s = ud;
+	(void)lsn;
+	return ops_apply(s, s->batch, body, len);
+}
+
+static int batch_begin(struct store *s)
+{
+	int rc = mdb_txn_begin(s->env, NULL, 0, &s->batch);
+	if(rc){
+		s->batch = NULL;
+		return map_rc(s, rc, "begin");
+	}
+	s->batch_since = mono_ms();
+	return STORE_OK;
+}
+
+/* Throws the batch away and builds it again from this round's records: what
+ * an aborted write txn did is gone, what committed ones did is back. */
+static int batch_redo(struct store *s)
+{
+	uint64_t last = 0;
+	int rc = 0;
+
+	if(s->batch){
+		mdb_txn_abort(s->batch);
+		s->batch = NULL;
+	}
+	s->gen++;      /* whatever the cache read from the batch: read it again */
+	s->epoch++;
+	s->jst.redos++;
+	if(s->lsn == s->applied) return STORE_OK;   /* the next use begins a fresh batch */
+	if((rc = batch_begin(s)) == STORE_OK){
+		rc = journal__scan(s->jr, s->applied + 1, true, replay_cb, s, &last);
+		if(rc == 0 && last == s->lsn) return STORE_OK;
+	}
+	if(s->batch){
+		mdb_txn_abort(s->batch);
+		s->batch = NULL;
+	}
+	s->broken = true;
+	snprintf(s->last_error, sizeof(s->last_error), "the journal could not be applied again (%s): writes are "
+			"refused until a restart, which applies it", rc ? mdb_strerror(rc) : "records missing");
+	return STORE_ERR;
+}
+
+/* Commits the batch to LMDB with the lsn of its last record, and starts the
+ * journal again. On failure the batch is redone from the journal. */
+static int batch_commit(struct store *s)
+{
+	MDB_val k = {sizeof(META_JOURNAL) - 1, META_JOURNAL}, v;
+	unsigned char v8[8];
+	bool carried = s->lsn != s->applied;
+	int rc = 0;
+
+	if(!s->batch) return STORE_OK;
+	if(carried){
+		be64_put(v8, s->lsn);
+		v.mv_size = 8;
+		v.mv_data = v8;
+		rc = mdb_put(s->batch, s->dbi[DBI_META], &k, &v, 0);
+	}
+	if(rc == 0) rc = mdb_txn_commit(s->batch);
+	else mdb_txn_abort(s->batch);
+	s->batch = NULL;
+	if(rc){
+		char why[sizeof(s->last_error)];
+		int r = map_rc(s, rc, "commit");
+		memcpy(why, s->last_error, sizeof(why));
+		if(batch_redo(s) == STORE_OK) memcpy(s->last_error, why, sizeof(why));
+		return r;
+	}
+	s->applied = s->lsn;
+	journal__reset(s->jr);
+	if(carried) s->jst.commits++;
+	if(!s->sync_each) atomic_store(&s->dirty, true);
+	return STORE_OK;
+}
+
+/* At open: applies what the journal holds beyond LMDB's last commit, commits
+ * it, and (journal on) keeps the journal open for writing. */
+static int journal_start(struct store *s, const char *path, bool keep, size_t size, char *err, size_t errlen)
+{
+	MDB_val k = {sizeof(META_JOURNAL) - 1, META_JOURNAL}, v;
+	uint64_t last = 0;
+	int rc;
+
+	if(journal__open(&s->jr, path, size, s->sync_each, err, errlen) != JOURNAL_OK) return STORE_ERR;
+	if((rc = mdb_txn_begin(s->env, NULL, 0, &s->batch)) != 0) goto lmdb;
+	rc = mdb_get(s->batch, s->dbi[DBI_META], &k, &v);
+	if(rc == 0 && v.mv_size == 8) s->applied = be64_get(v.mv_data);
+	else if(rc != MDB_NOTFOUND) goto lmdb;
+	rc = journal__scan(s->jr, s->applied + 1, false, replay_cb, s, &last);
+	if(rc) goto lmdb;
+	s->lsn = last;
+	s->jst.replayed = last - s->applied;
+	if((rc = batch_commit(s)) != STORE_OK){
+		snprintf(err, errlen, "journal %s/journal: applying %llu records: %s", path,
+				(unsigned long long)s->jst.replayed, s->last_error);
+		return STORE_ERR;
+	}
+	if(!s->sync_each && s->jst.replayed && (rc = mdb_env_sync(s->env, 1)) != 0) goto lmdb;
+	if(!keep){
+		journal__close(s->jr);
+		s->jr = NULL;
+	}
+	s->journaled = keep;
+	return STORE_OK;
+
+lmdb:
+	snprintf(err, errlen, "journal %s/journal: %s", path, mdb_strerror(rc));
+	if(s->batch){
+		mdb_txn_abort(s->batch);
+		s->batch = NULL;
+	}
+	return STORE_ERR;
+}
+
+void store__journal_stats(const struct store *s, struct store_journal_stats *st)
+{
+	*st = s->jst;
+	st->on = s->journaled;
+	st->lsn = s->lsn;
+	st->used = s->jr ? journal__used(s->jr) : 0;
+	st->size = s->jr ? journal__size(s->jr) : 0;
+}
+
+int store__tick(struct store *s)
+{
+	if(!s->journaled || !s->batch || s->wtxn_busy) return STORE_OK;
+	if(s->commit_ms && mono_ms() - s->batch_since < s->commit_ms
+			&& journal__used(s->jr) < journal__size(s->jr) / 4) return STORE_OK;
+	return batch_commit(s);
+}
+
 /* Moves every record of the format 1 "cursors" database into cmids and drops
  * it. */
 static int format_move_cursors(struct store *s, MDB_txn *txn)
@@ -510,6 +789,17 @@ static int format_check(struct store *s, MDB_txn *txn, const char *path, char *e
 int store__open(struct store **out, const char *path, size_t map_size, bool sync_each, unsigned flush_ms,
 		char *err, size_t errlen)
 {
+	struct store_opts o = {.map_size = map_size, .sync_each = sync_each, .flush_ms = flush_ms};
+	return store__open_ex(out, path, &o, err, errlen);
+}
+
+int store__open_ex(struct store **out, const char *path, const struct store_opts *o, char *err, size_t errlen)
+{
+	size_t map_size = o->map_size;
+	bool sync_each = o->sync_each;
+	unsigned flush_ms = o->flush_ms;
+	char jpath[4096];
+	struct stat jst;
 	struct store *s;
 	MDB_txn *txn = NULL;
 	int rc;
@@ -556,9 +846,21 @@ int store__open(struct store **out, const char *path, size_t map_size, bool sync
 	txn = NULL;
 	if(rc) goto fail;
 	if(!sync_each && (rc = mdb_env_sync(s->env, 1)) != 0) goto fail;
+	s->commit_ms = o->commit_ms;
+	if(o->journal || (snprintf(jpath, sizeof(jpath), "%s/journal", path) < (int)sizeof(jpath)
+				&& stat(jpath, &jst) == 0)){
+		if(journal_start(s, path, o->journal, o->journal_size ? o->journal_size : JOURNAL_SIZE_DEFAULT,
+					err, errlen) != STORE_OK){
+			journal__close(s->jr);
+			mdb_env_close(s->env);
+			free(s);
+			return STORE_ERR;
+		}
+	}
 	if(!sync_each && flush_ms > 0){
 		if(pthread_create(&s->flusher, NULL, flusher_main, s) != 0){
 			snprintf(err, errlen, "cannot start the database flusher thread");
+			journal__close(s->jr);
 			mdb_env_close(s->env);
 			free(s);
 			return STORE_ERR;
@@ -587,6 +889,10 @@ void store__close(struct store *s)
 		pthread_mutex_unlock(&s->flush_lock);
 		pthread_join(s->flusher, NULL);
 	}
+	if(s->batch && !s->wtxn_busy) batch_commit(s);
+	if(s->batch) mdb_txn_abort(s->batch);   /* a writer left open: its round stays in the journal */
+	journal__close(s->jr);
+	free(s->ops);
 	if(s->rtxn) mdb_txn_abort(s->rtxn);
 	if(s->env){
 		if(!s->sync_each) mdb_env_sync(s->env, 1);
@@ -601,6 +907,10 @@ void store__close(struct store *s)
 
 int store__sync(struct store *s)
 {
+	if(s->journaled && !s->wtxn_busy){
+		int rc = batch_commit(s);
+		if(rc != STORE_OK) return rc;
+	}
 	bool was = atomic_exchange(&s->dirty, false);
 	int rc = mdb_env_sync(s->env, 1);
 	if(rc != 0 && was) atomic_store(&s->dirty, true);
@@ -638,6 +948,13 @@ int store__begin(struct store *s, bool write, struct store_txn **out)
 	int rc = 0;
 
 	*out = NULL;
+	if(write && s->journaled && (s->wtxn_busy || s->broken)){
+		/* one batch, one op list: a second writer would mix its ops with the first's */
+		snprintf(s->last_error, sizeof(s->last_error), "%s", s->broken
+				? "the journal could not be applied again: writes are refused until a restart"
+				: "a write transaction is already open");
+		return STORE_ERR;
+	}
 	if(write && !s->wtxn_busy){
 		t = &s->wtxn;
 	}else if(!write && !s->rtxn_live){
@@ -652,7 +969,14 @@ int store__begin(struct store *s, bool write, struct store_txn **out)
 	t->wrote_cm = t->wrote_msgs = false;
 	t->epoch = s->epoch;
 	t->pending = PENDING_NONE;
-	if(write){
+	t->failed = false;
+	if(s->journaled){
+		/* every txn works in the batch (txn_mdb), begun when first needed */
+		if(write){
+			s->full = false;
+			s->ops_len = 0;
+		}
+	}else if(write){
 		s->full = false;
 		rc = mdb_txn_begin(s->env, NULL, 0, &t->txn);
 	}else if(t != &s->rtx){
@@ -676,6 +1000,10 @@ static MDB_txn *txn_mdb(struct store_txn *t)
 	struct store *s = t->s;
 	int rc;
 
+	if(s->journaled){
+		if(!s->batch && batch_begin(s) != STORE_OK) return NULL;
+		return s->batch;
+	}
 	if(t->txn) return t->txn;
 	rc = s->rtxn ? mdb_txn_renew(s->rtxn) : mdb_txn_begin(s->env, NULL, MDB_RDONLY, &s->rtxn);
 	if(rc){
@@ -704,6 +1032,45 @@ static void txn_release(struct store_txn *t)
 	txn_free(t);
 }
 
+/* store__commit of a journaled write txn: its operations become one journal
+ * record (see "Journal"). */
+static int journal_commit(struct store_txn *t)
+{
+	struct store *s = t->s;
+	int rc;
+
+	if(t->failed){
+		store__abort(t);   /* LMDB refused a write: last_error says which */
+		return STORE_ERR;
+	}
+	if(s->ops_len == 0){
+		txn_free(t);
+		return STORE_OK;
+	}
+	rc = journal__append(s->jr, s->lsn + 1, s->ops + JOURNAL_HEADER, s->ops_len);
+	if(rc == JOURNAL_OK){
+		s->lsn++;
+		s->jst.records++;
+		s->jst.bytes += JOURNAL_HEADER + s->ops_len;
+	}else if(rc == JOURNAL_FULL){
+		/* no room left in this round: LMDB takes the batch now, this txn in it */
+		if((rc = batch_commit(s)) != STORE_OK){
+			txn_free(t);
+			return rc;
+		}
+	}else{
+		snprintf(s->last_error, sizeof(s->last_error), "%s", journal__error(s->jr));
+		s->ops_len = 0;
+		txn_free(t);
+		batch_redo(s);
+		return STORE_ERR;
+	}
+	cache_committed(t);
+	txn_free(t);
+	if(s->batch && mono_ms() - s->batch_since >= s->commit_ms + COMMIT_LATE_MS) batch_commit(s);
+	return STORE_OK;
+}
+
 int store__commit(struct store_txn *t)
 {
 	struct store *s = t->s;
@@ -713,6 +1080,7 @@ int store__commit(struct store_txn *t)
 		txn_release(t);
 		return STORE_OK;
 	}
+	if(s->journaled) return journal_commit(t);
 	/* a reused reader handed out before this write and not renewed yet
 	 * takes its snapshot now, as if it had at its begin */
 	if(s->rtxn_live && !s->rtx.txn) txn_mdb(&s->rtx);
@@ -726,7 +1094,12 @@ int store__commit(struct store_txn *t)
 void store__abort(struct store_txn *t)
 {
 	if(!t) return;
-	if(t->write){
+	if(t->write && t->s->journaled){
+		struct store *s = t->s;
+		bool redo = t->failed || s->ops_len > 0;
+		txn_free(t);
+		if(redo) batch_redo(s);
+	}else if(t->write){
 		mdb_txn_abort(t->txn);
 		txn_free(t);
 	}else{
@@ -750,17 +1123,19 @@ static int kv_put(struct store_txn *t, int dbi, const void *k, size_t kl, const 
 {
 	MDB_val key = {kl, (void *)k};
 	MDB_val val = {dl, (void *)d};
-	if(!txn_mdb(t)) return STORE_ERR;
+	MDB_txn *tx = txn_mdb(t);
+	if(!tx) return STORE_ERR;
 	cache_note_write(t, dbi);
-	return map_rc(t->s, mdb_put(t->txn, t->s->dbi[dbi], &key, &val, 0), dbi_names[dbi]);
+	return wrote(t, mdb_put(tx, t->s->dbi[dbi], &key, &val, 0), OP_PUT, dbi, k, kl, d, dl);
 }
 
 static int kv_del(struct store_txn *t, int dbi, const void *k, size_t kl)
 {
 	MDB_val key = {kl, (void *)k};
-	if(!txn_mdb(t)) return STORE_ERR;
+	MDB_txn *tx = txn_mdb(t);
+	if(!tx) return STORE_ERR;
 	cache_note_write(t, dbi);
-	return map_rc(t->s, mdb_del(t->txn, t->s->dbi[dbi], &key, NULL), dbi_names[dbi]);
+	return wrote(t, mdb_del(tx, t->s->dbi[dbi], &key, NULL), OP_DEL, dbi, k, kl, NULL, 0);
 }
 
 /* Walks every key of dbi that starts with prefix (plen bytes), handing the
@@ -774,7 +1149,7 @@ static int prefix_each(struct store_txn *t, int dbi, const unsigned char *prefix
 	int rc, out = STORE_OK;
 
 	if(!txn_mdb(t)) return STORE_ERR;
-	rc = mdb_cursor_open(t->txn, t->s->dbi[dbi], &cur);
+	rc = mdb_cursor_open(txn_mdb(t), t->s->dbi[dbi], &cur);
 	if(rc) return map_rc(t->s, rc, "cursor");
 	rc = mdb_cursor_get(cur, &k, &v, plen ? MDB_SET_RANGE : MDB_FIRST);
 	while(rc == 0){
@@ -808,7 +1183,7 @@ static int last_seq(struct store_txn *t, const char *conv, uint64_t *seq)
 	*seq = 0;
 	if(!kl) return STORE_OK;
 	if(!txn_mdb(t)) return STORE_ERR;
-	rc = mdb_cursor_open(t->txn, t->s->dbi[DBI_MSGS], &cur);
+	rc = mdb_cursor_open(txn_mdb(t), t->s->dbi[DBI_MSGS], &cur);
 	if(rc) return map_rc(t->s, rc, "cursor");
 	rc = mdb_cursor_get(cur, &key, &v, MDB_SET_RANGE);
 	rc = mdb_cursor_get(cur, &key, &v, rc == MDB_NOTFOUND ? MDB_LAST : MDB_PREV);
@@ -1040,7 +1415,7 @@ int store__msgs_range(struct store_txn *t, const char *conv, uint64_t lo, uint64
 	kl = msg_key(k, conv, descending ? hi : lo);
 	if(!kl) return STORE_OK;
 	if(!txn_mdb(t)) return STORE_ERR;
-	rc = mdb_cursor_open(t->txn, t->s->dbi[DBI_MSGS], &cur);
+	rc = mdb_cursor_open(txn_mdb(t), t->s->dbi[DBI_MSGS], &cur);
 	if(rc) return map_rc(t->s, rc, "cursor");
 
 	key.mv_size = kl;
@@ -1105,14 +1480,15 @@ int store__cmid_claim(struct store_txn *t, const char *conv, const char *from, c
 	be64_put(v, *seq);
 	/* one descent for the duplicate check and the insert: on MDB_KEYEXIST
 	 * LMDB hands back the stored value */
-	if(!txn_mdb(t)) return STORE_ERR;
-	rc = mdb_put(t->txn, t->s->dbi[DBI_CMIDS], &key, &val, MDB_NOOVERWRITE);
+	MDB_txn *tx = txn_mdb(t);
+	if(!tx) return STORE_ERR;
+	rc = mdb_put(tx, t->s->dbi[DBI_CMIDS], &key, &val, MDB_NOOVERWRITE);
 	if(rc == MDB_KEYEXIST){
 		if(val.mv_size != 8) return STORE_ERR;
 		*seq = be64_get(val.mv_data);
 		return STORE_EXISTS;
 	}
-	return map_rc(t->s, rc, dbi_names[DBI_CMIDS]);
+	return wrote(t, rc, OP_PUT, DBI_CMIDS, k, kl, v, 8);
 }
 
 static size_t pair_key(unsigned char *k, const char *a, const char *b)
@@ -1338,13 +1714,14 @@ int store__job_put(struct store_txn *t, uint64_t id, uint64_t due_ms, uint64_t s
 	int rc;
 	be64_put(k, id);
 	/* MDB_RESERVE: write the record in place, no staging copy */
-	if(!txn_mdb(t)) return STORE_ERR;
-	rc = mdb_put(t->txn, t->s->dbi[DBI_PUSHQ], &key, &val, MDB_RESERVE);
-	if(rc) return map_rc(t->s, rc, "pushq");
+	MDB_txn *tx = txn_mdb(t);
+	if(!tx) return STORE_ERR;
+	rc = mdb_put(tx, t->s->dbi[DBI_PUSHQ], &key, &val, MDB_RESERVE);
+	if(rc) return wrote(t, rc, OP_PUT, DBI_PUSHQ, k, 8, NULL, 0);
 	be64_put(val.mv_data, due_ms);
 	be64_put((unsigned char *)val.mv_data + 8, sent_ms);
 	memcpy((unsigned char *)val.mv_data + 16, json, len);
-	return STORE_OK;
+	return wrote(t, 0, OP_PUT, DBI_PUSHQ, k, 8, val.mv_data, val.mv_size);
 }
 
 int store__job_get(struct store_txn *t, uint64_t id, uint64_t *due_ms, uint64_t *sent_ms, const char **json, size_t *len)
@@ -1395,7 +1772,8 @@ int store__jobs_each(struct store_txn *t, store_job_cb cb, void *ud)
 size_t store__job_count(struct store_txn *t)
 {
 	MDB_stat st;
-	if(!txn_mdb(t) || mdb_stat(t->txn, t->s->dbi[DBI_PUSHQ], &st)) return 0;
+	MDB_txn *tx = txn_mdb(t);
+	if(!tx || mdb_stat(tx, t->s->dbi[DBI_PUSHQ], &st)) return 0;
 	return st.ms_entries;
 }
 

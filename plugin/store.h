@@ -55,7 +55,32 @@ struct store_conv {
  * often, bounding what a power loss can take; 0 leaves it to the kernel. */
 int store__open(struct store **out, const char *path, size_t map_size, bool sync_each, unsigned flush_ms,
 		char *err, size_t errlen);
+/* Everything store__open takes, and the journal (see "Journal" in store.c):
+ * journal: writes are acknowledged from the journal and committed to LMDB in
+ * batches by store__tick; commit_ms (journal on): a tick commits the batch
+ * once it is this old (0: every tick); journal_size: bytes (0: 4 MiB). A
+ * journal left by an earlier run is applied at open whatever journal says. */
+struct store_opts {
+	size_t map_size;
+	bool sync_each;
+	unsigned flush_ms;
+	bool journal;
+	unsigned commit_ms;
+	size_t journal_size;
+};
+int store__open_ex(struct store **out, const char *path, const struct store_opts *o, char *err, size_t errlen);
 void store__close(struct store *s);
+/* The broker's tick: commits the journal's batch when it is due. */
+int store__tick(struct store *s);
+/* What the journal did: records written (and their bytes), batch commits
+ * that carried records, redos (a write txn that wrote and aborted), records
+ * applied at open; the last lsn, bytes used in this round, its size. */
+struct store_journal_stats {
+	bool on;
+	uint64_t records, bytes, commits, redos, replayed, lsn;
+	size_t used, size;
+};
+void store__journal_stats(const struct store *s, struct store_journal_stats *st);
 /* Flushes what fsync-less commits left in the page cache. */
 int store__sync(struct store *s);
 const char *store__last_error(const struct store *s);

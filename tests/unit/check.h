@@ -31,6 +31,7 @@ static inline void rm_db_dir(const char *dir)
 	char p[128];
 	snprintf(p, sizeof(p), "%s/data.mdb", dir); remove(p);
 	snprintf(p, sizeof(p), "%s/lock.mdb", dir); remove(p);
+	snprintf(p, sizeof(p), "%s/journal", dir); remove(p);
 	remove(dir);
 }
 #endif

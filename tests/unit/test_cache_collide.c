@@ -3,4 +3,5 @@
  * right when probes run out and entries evict each other. */
 #define STORE_CACHE_TEST_HASH_MASK 3u
 #include "store.c"
+#include "journal.c"
 #include "test_cache.c"
