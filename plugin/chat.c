@@ -34,8 +34,15 @@ int chat__open(struct chat **out, struct chat_config *cfg, char *err, size_t err
 	chat->payload_free = free;
 	chat->push_resend_all = true;   /* every job still in the outbox goes out again */
 	chat->stats.started_ms = chat->now_ms();
-	if(store__open(&chat->store, chat->cfg.db_path, chat->cfg.map_size, chat->cfg.fsync == CHAT_FSYNC_ALWAYS,
-				chat->cfg.sync_interval_ms, err, errlen) != STORE_OK){
+	struct store_opts so = {
+		.map_size = chat->cfg.map_size,
+		.sync_each = chat->cfg.fsync == CHAT_FSYNC_ALWAYS,
+		.flush_ms = chat->cfg.sync_interval_ms,
+		.journal = chat->cfg.journal >= 0 ? chat->cfg.journal == 1 : chat->cfg.fsync == CHAT_FSYNC_ALWAYS,
+		.commit_ms = chat->cfg.commit_interval_ms != CHAT_COMMIT_DEFAULT ? chat->cfg.commit_interval_ms
+				: chat->cfg.fsync == CHAT_FSYNC_ALWAYS ? 100 : 0,
+	};
+	if(store__open_ex(&chat->store, chat->cfg.db_path, &so, err, errlen) != STORE_OK){
 		chat__close(chat);
 		return -1;
 	}
@@ -114,6 +121,7 @@ void chat__tick(struct chat *chat, struct chat_outbox *out)
 	push__tick(chat, out);
 	stats__tick(chat, chat->now_ms(), out);
 	ratelimit__sweep(chat, chat->now_ms());
+	store__tick(chat->store);   /* last: the timed work above is in the batch it commits */
 }
 
 void chat__disconnect(struct chat *chat, const void *conn, struct chat_outbox *out)

@@ -41,11 +41,17 @@ enum chat_rate {
 	CHAT_RATE_KINDS,
 };
 
+#define CHAT_COMMIT_DEFAULT 0xFFFFFFFFu
+
 struct chat_config {
 	char *db_path;
 	size_t map_size;
 	enum chat_fsync fsync;
 	unsigned sync_interval_ms;  /* fsync=off: background flush period, 0 = never */
+	int journal;                /* acknowledge from the journal, commit LMDB in batches (store.c):
+	                             * 1 on, 0 off, -1 (default) on with fsync always, off with fsync off */
+	unsigned commit_interval_ms;  /* journal: a tick commits LMDB once the batch is this old;
+	                               * CHAT_COMMIT_DEFAULT: 100 with fsync always, 0 (every tick) with off */
 	char prefix[CHAT_ID_MAX + 1];
 	size_t prefix_len;
 	unsigned max_members;

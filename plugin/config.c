@@ -19,6 +19,8 @@ void config__defaults(struct chat_config *cfg)
 	cfg->map_size = (size_t)4 << 30;        /* 4 GiB of address space; the file grows as used */
 	cfg->fsync = CHAT_FSYNC_OFF;
 	cfg->sync_interval_ms = 1000;
+	cfg->journal = -1;
+	cfg->commit_interval_ms = CHAT_COMMIT_DEFAULT;
 	strcpy(cfg->prefix, "chat");
 	cfg->prefix_len = 4;
 	cfg->max_members = 500;
@@ -186,6 +188,19 @@ int config__set(struct chat_config *cfg, const char *key, const char *value, cha
 		return 0;
 	}else if(!strcasecmp(key, "sync_interval_ms")){
 		return set_uint(&cfg->sync_interval_ms, key, value, 0, 3600 * 1000, err, errlen);
+	}else if(!strcasecmp(key, "journal")){
+		if(!strcasecmp(value, "on")){
+			cfg->journal = 1;
+		}else if(!strcasecmp(value, "off")){
+			cfg->journal = 0;
+		}else{
+			snprintf(err, errlen, "plugin_opt_journal: '%s' is neither 'on' (acknowledge from the journal, "
+					"commit the database in batches) nor 'off' (commit the database per write)", value);
+			return -1;
+		}
+		return 0;
+	}else if(!strcasecmp(key, "commit_interval_ms")){
+		return set_uint(&cfg->commit_interval_ms, key, value, 0, 60 * 1000, err, errlen);
 	}else if(!strcasecmp(key, "prefix")){
 		if(!json__valid_id(value, strlen(value))){
 			snprintf(err, errlen, "plugin_opt_prefix: '%s' must be 1-64 of A-Z a-z 0-9 _ . @ - "

@@ -415,10 +415,18 @@ CHAT_EXPORT int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **
 		flush_outbox(pl, &out, NULL, NULL, 0);
 	}
 
-	mosquitto_log_printf(MOSQ_LOG_NOTICE, LOG_PREFIX "ready: prefix '%s', database %s, fsync %s, observers %zu",
-			pl->chat->cfg.prefix, pl->chat->cfg.db_path,
-			pl->chat->cfg.fsync == CHAT_FSYNC_ALWAYS ? "always (power-loss safe)" : "off (crash safe)",
-			pl->chat->cfg.observer_count);
+	{
+		struct store_journal_stats js;
+		store__journal_stats(pl->chat->store, &js);
+		if(js.replayed){
+			mosquitto_log_printf(MOSQ_LOG_NOTICE, LOG_PREFIX "applied %llu journal records the last run had "
+					"acknowledged but not yet committed to the database", (unsigned long long)js.replayed);
+		}
+		mosquitto_log_printf(MOSQ_LOG_NOTICE, LOG_PREFIX "ready: prefix '%s', database %s, fsync %s, journal %s, "
+				"observers %zu", pl->chat->cfg.prefix, pl->chat->cfg.db_path,
+				pl->chat->cfg.fsync == CHAT_FSYNC_ALWAYS ? "always (power-loss safe)" : "off (crash safe)",
+				js.on ? "on" : "off", pl->chat->cfg.observer_count);
+	}
 	*userdata = pl;
 	return MOSQ_ERR_SUCCESS;
 

@@ -2,6 +2,7 @@
 continues without gap or repeat after a restart (docs/protocol.md, "Sending a message")."""
 from __future__ import annotations
 
+import re
 import threading
 
 import pytest
@@ -55,9 +56,15 @@ def drive_until_killed(broker, sender, conv: str, kill_after: int = KILL_AFTER):
     return acked, attempted
 
 
-@pytest.mark.parametrize("fsync", [None, "always"], ids=["fsync-default", "fsync-always"])
-def test_sigkill_mid_stream_loses_no_acknowledged_message(make_broker, users, fsync):
-    br = make_broker(opts={} if fsync is None else {"fsync": fsync})
+@pytest.mark.parametrize(
+    "opts",
+    [{}, {"fsync": "always"}, {"fsync": "always", "commit_interval_ms": 60000}, {"journal": "on", "commit_interval_ms": 60000}],
+    ids=["fsync-default", "fsync-always", "always-all-in-journal", "off-all-in-journal"],
+)
+def test_sigkill_mid_stream_loses_no_acknowledged_message(make_broker, users, opts):
+    """With commit_interval_ms 60000 the database gets nothing after the group's creation:
+    every acknowledged send is in the journal alone when the broker is killed."""
+    br = make_broker(opts=opts)
     a, b = users("alice", "bob")
     alice = br.client(a)
     g = alice.create_group("durable", [b])
@@ -65,6 +72,9 @@ def test_sigkill_mid_stream_loses_no_acknowledged_message(make_broker, users, fs
 
     acked, attempted = drive_until_killed(br, alice, g)
     br.start()  # same db dir, same ports
+    if opts.get("commit_interval_ms"):
+        applied = re.search(r"applied (\d+) journal records", br.all_output())
+        assert applied and int(applied.group(1)) >= len(acked), "the sends came back from the journal"
 
     bob = br.client(b, protocol=4)
     hist = bob.history_all(g, page=200)
