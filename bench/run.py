@@ -595,6 +595,12 @@ def figures(records, P):
     fs_lmdb = median([r["lmdb_commits_s"] for r in fs]) if fs else None
     fs_raw = median([r["fdatasync_s"] for r in fs]) if fs else None
     fs_chat = median([r.get("lmdb_chat_commits_s") for r in fs]) if fs else None
+    fs_dsync = median([r["dsync_s"] for r in fs if r.get("dsync_s")]) if any(r.get("dsync_s") for r in fs) else None
+    if fs_dsync:
+        rows.append({"section": "disk", "figure": "fsync ceiling: O_DSYNC 560-byte writes/s through a preallocated "
+                                                  "file (the journal's write, bare)", "unit": "/s",
+                     "cells": {"plain": (None, 0), "plugin-off": (None, 0), "plugin-always": (fs_dsync, len(fs))},
+                     "note": "what fsync always is measured against"})
     if fs:
         rows.append({"section": "disk", "figure": "fsync ceiling: LMDB synced commits/s (1 put each)", "unit": "/s",
                      "cells": {"plain": (None, 0), "plugin-off": (None, 0), "plugin-always": (fs_lmdb, len(fs))},
@@ -746,9 +752,16 @@ def targets_check(rows, fs_lmdb):
             f"{o / 1e3:.2f} ms vs {p / 1e3:.2f} ms = {o / p:.1f}×" if p and o else "n/a",
             (o <= 2 * p) if p and o else None)
     a = find(rows, "ceiling (closed loop)", "plugin-always")
-    add("fsync always ≥ 80% of the fsync-per-commit ceiling (LMDB)",
-        f"{a:.0f} / {fs_lmdb:.0f} commits/s = {100 * a / fs_lmdb:.0f}%" if a and fs_lmdb else "n/a",
-        (a >= 0.8 * fs_lmdb) if a and fs_lmdb else None)
+    fs_dsync = find(rows, "fsync ceiling: O_DSYNC", "plugin-always")
+    if fs_dsync:
+        # the journal makes one O_DSYNC write per message: the bare loop of that write is the ceiling
+        add("fsync always ≥ 80% of the disk's sync-per-commit ceiling (O_DSYNC write)",
+            f"{a:.0f} / {fs_dsync:.0f} /s = {100 * a / fs_dsync:.0f}% (LMDB synced commits: {fs_lmdb:.0f}/s)"
+            if a else "n/a", (a >= 0.8 * fs_dsync) if a else None)
+    else:
+        add("fsync always ≥ 80% of the fsync-per-commit ceiling (LMDB)",
+            f"{a:.0f} / {fs_lmdb:.0f} commits/s = {100 * a / fs_lmdb:.0f}%" if a and fs_lmdb else "n/a",
+            (a >= 0.8 * fs_lmdb) if a and fs_lmdb else None)
     fr = [r for r in rows if "members: deliveries/s" in r["figure"]]
     if fr:
         p, o = fr[0]["cells"]["plain"][0], fr[0]["cells"]["plugin-off"][0]
@@ -858,7 +871,8 @@ def write_report(R, P, rows, fs_lmdb, fs_raw, checks, info, cmdline, elapsed):
         f.write("\n".join(L))
     with open(os.path.join(RESULTS, "latest.json"), "w") as f:
         json.dump({"command": cmdline, "machine": info, "params": P, "elapsed_s": elapsed,
-                   "fsync_ceiling": {"lmdb_commits_s": fs_lmdb, "fdatasync_s": fs_raw},
+                   "fsync_ceiling": {"lmdb_commits_s": fs_lmdb, "fdatasync_s": fs_raw,
+                                     "dsync_s": find(rows, "fsync ceiling: O_DSYNC", "plugin-always")},
                    "targets": checks, "figures": rows, "runs": R.records}, f, indent=1, default=str)
     return "\n".join(L)
 

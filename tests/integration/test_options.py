@@ -19,6 +19,8 @@ from helpers import ACCEPTED, assert_stamped, uname
         ("history_limit", "lots"),
         ("max_payload", "1e6"),
         ("fsync", "sometimes"),
+        ("journal", "maybe"),
+        ("commit_interval_ms", "60001"),
         ("prefix", "a/b"),
         ("prefix", "chat/#"),
         ("prefix", "+"),
@@ -45,6 +47,8 @@ def test_all_options_valid_start(make_broker, users):
         "history_limit": "20",
         "observers": "o1,o2",
         "sync_interval_ms": "50",
+        "journal": "on",
+        "commit_interval_ms": "20",
     })
     a, b = users("alice", "bob")
     alice = br.client(a)
