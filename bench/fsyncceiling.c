@@ -133,16 +133,32 @@ fail:
 	return -1;
 }
 
-static int bench_fdatasync(const char *base, double seconds, double *rate, struct hist *h)
+/* One durable small write per loop, on a plain file in base.
+ * dsync false: write(300 bytes) at the end of a growing file + fdatasync.
+ * dsync true: pwrite(560 bytes) on an O_DSYNC descriptor through a file
+ * written with zeros first, back to offset 0 every 1 MiB (the journal's way). */
+static int bench_file(const char *base, bool dsync, double seconds, double *rate, struct hist *h)
 {
-	char path[4096], buf[300];
+	static char zeros[1 << 20];
+	char path[4096], buf[560];
+	size_t len = dsync ? 560 : 300, off = 0;
 	uint64_t n = 0, t0, t1, deadline;
 	int fd;
 
-	snprintf(path, sizeof(path), "%s/fsyncceiling-raw.%d", base, (int)getpid());
-	fd = open(path, O_CREAT | O_TRUNC | O_WRONLY, 0600);
+	snprintf(path, sizeof(path), "%s/fsyncceiling-%s.%d", base, dsync ? "dsync" : "raw", (int)getpid());
+	fd = open(path, O_CREAT | O_TRUNC | (dsync ? O_RDWR : O_WRONLY), 0600);
+	if(fd >= 0 && dsync){
+		if(pwrite(fd, zeros, sizeof(zeros), 0) != (ssize_t)sizeof(zeros) || fsync(fd) != 0){
+			close(fd);
+			fd = -1;
+		}else{
+			close(fd);
+			fd = open(path, O_WRONLY | O_DSYNC);
+		}
+	}
 	if(fd < 0){
-		fprintf(stderr, "fsyncceiling: open %s: %s\n", path, strerror(errno));
+		fprintf(stderr, "fsyncceiling: %s: %s\n", path, strerror(errno));
+		unlink(path);
 		return -1;
 	}
 	memset(buf, 'x', sizeof(buf));
@@ -150,53 +166,16 @@ static int bench_fdatasync(const char *base, double seconds, double *rate, struc
 	deadline = t0 + (uint64_t)(seconds * 1e9);
 	do{
 		uint64_t s = now_ns();
-		if(write(fd, buf, sizeof(buf)) != (ssize_t)sizeof(buf) || fdatasync(fd) != 0){
-			fprintf(stderr, "fsyncceiling: write/fdatasync: %s\n", strerror(errno));
+		bool ok = dsync ? pwrite(fd, buf, len, (off_t)off) == (ssize_t)len
+			: write(fd, buf, len) == (ssize_t)len && fdatasync(fd) == 0;
+		if(!ok){
+			fprintf(stderr, "fsyncceiling: %s: %s\n", dsync ? "pwrite O_DSYNC" : "write/fdatasync", strerror(errno));
 			close(fd);
 			unlink(path);
 			return -1;
 		}
-		t1 = now_ns();
-		hist_add(h, t1 - s);
-		n++;
-	}while(t1 < deadline);
-	*rate = (double)n / ((double)(t1 - t0) / 1e9);
-	close(fd);
-	unlink(path);
-	return 0;
-}
-
-static int bench_dsync(const char *base, double seconds, double *rate, struct hist *h)
-{
-	static char zeros[1 << 20];
-	char path[4096], buf[560];
-	uint64_t n = 0, t0, t1, deadline;
-	size_t off = 0;
-	int fd;
-
-	snprintf(path, sizeof(path), "%s/fsyncceiling-dsync.%d", base, (int)getpid());
-	fd = open(path, O_CREAT | O_TRUNC | O_RDWR, 0600);
-	if(fd < 0 || pwrite(fd, zeros, sizeof(zeros), 0) != (ssize_t)sizeof(zeros) || fsync(fd) != 0){
-		fprintf(stderr, "fsyncceiling: %s: %s\n", path, strerror(errno));
-		if(fd >= 0) close(fd);
-		unlink(path);
-		return -1;
-	}
-	close(fd);
-	fd = open(path, O_WRONLY | O_DSYNC);
-	memset(buf, 'x', sizeof(buf));
-	t0 = now_ns();
-	deadline = t0 + (uint64_t)(seconds * 1e9);
-	do{
-		uint64_t s = now_ns();
-		if(fd < 0 || pwrite(fd, buf, sizeof(buf), (off_t)off) != (ssize_t)sizeof(buf)){
-			fprintf(stderr, "fsyncceiling: pwrite O_DSYNC: %s\n", strerror(errno));
-			if(fd >= 0) close(fd);
-			unlink(path);
-			return -1;
-		}
-		off += (sizeof(buf) + 7) & ~(size_t)7;
-		if(off + sizeof(buf) > sizeof(zeros)) off = 0;
+		off += (len + 7) & ~(size_t)7;
+		if(off + len > sizeof(zeros)) off = 0;
 		t1 = now_ns();
 		hist_add(h, t1 - s);
 		n++;
@@ -242,7 +221,7 @@ int main(int argc, char **argv)
 	hist_init(&hr);
 	hist_init(&hd);
 	if(bench_lmdb(dir, seconds, false, &lmdb_rate, &hl) || bench_lmdb(dir, seconds, true, &chat_rate, &hc)
-			|| bench_fdatasync(dir, seconds, &raw_rate, &hr) || bench_dsync(dir, seconds, &dsync_rate, &hd)){
+			|| bench_file(dir, false, seconds, &raw_rate, &hr) || bench_file(dir, true, seconds, &dsync_rate, &hd)){
 		return 1;
 	}
 	if(statfs(dir, &sf) != 0) memset(&sf, 0, sizeof(sf));

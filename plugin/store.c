@@ -1144,12 +1144,13 @@ typedef int (*prefix_cb)(void *ud, const unsigned char *rest, size_t rl, const M
 
 static int prefix_each(struct store_txn *t, int dbi, const unsigned char *prefix, size_t plen, prefix_cb cb, void *ud)
 {
+	MDB_txn *tx;
 	MDB_cursor *cur;
 	MDB_val k = {plen, (void *)prefix}, v;
 	int rc, out = STORE_OK;
 
-	if(!txn_mdb(t)) return STORE_ERR;
-	rc = mdb_cursor_open(txn_mdb(t), t->s->dbi[dbi], &cur);
+	if(!(tx = txn_mdb(t))) return STORE_ERR;
+	rc = mdb_cursor_open(tx, t->s->dbi[dbi], &cur);
 	if(rc) return map_rc(t->s, rc, "cursor");
 	rc = mdb_cursor_get(cur, &k, &v, plen ? MDB_SET_RANGE : MDB_FIRST);
 	while(rc == 0){
@@ -1176,14 +1177,15 @@ static int last_seq(struct store_txn *t, const char *conv, uint64_t *seq)
 {
 	unsigned char k[KEY_MAX];
 	size_t kl = msg_key(k, conv, UINT64_MAX), pl = kl - 8;
+	MDB_txn *tx;
 	MDB_cursor *cur;
 	MDB_val key = {kl, k}, v;
 	int rc;
 
 	*seq = 0;
 	if(!kl) return STORE_OK;
-	if(!txn_mdb(t)) return STORE_ERR;
-	rc = mdb_cursor_open(txn_mdb(t), t->s->dbi[DBI_MSGS], &cur);
+	if(!(tx = txn_mdb(t))) return STORE_ERR;
+	rc = mdb_cursor_open(tx, t->s->dbi[DBI_MSGS], &cur);
 	if(rc) return map_rc(t->s, rc, "cursor");
 	rc = mdb_cursor_get(cur, &key, &v, MDB_SET_RANGE);
 	rc = mdb_cursor_get(cur, &key, &v, rc == MDB_NOTFOUND ? MDB_LAST : MDB_PREV);
@@ -1406,6 +1408,7 @@ int store__msgs_range(struct store_txn *t, const char *conv, uint64_t lo, uint64
 {
 	unsigned char k[KEY_MAX];
 	size_t kl, pl;
+	MDB_txn *tx;
 	MDB_cursor *cur;
 	MDB_val key, v;
 	int rc, out = STORE_OK;
@@ -1414,8 +1417,8 @@ int store__msgs_range(struct store_txn *t, const char *conv, uint64_t lo, uint64
 	pl = id_prefix(k, conv);
 	kl = msg_key(k, conv, descending ? hi : lo);
 	if(!kl) return STORE_OK;
-	if(!txn_mdb(t)) return STORE_ERR;
-	rc = mdb_cursor_open(txn_mdb(t), t->s->dbi[DBI_MSGS], &cur);
+	if(!(tx = txn_mdb(t))) return STORE_ERR;
+	rc = mdb_cursor_open(tx, t->s->dbi[DBI_MSGS], &cur);
 	if(rc) return map_rc(t->s, rc, "cursor");
 
 	key.mv_size = kl;
